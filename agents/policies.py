@@ -1,0 +1,215 @@
+"""Rule-based allocation policies with SB3's ``predict`` signature.
+
+Every policy maps the env's ``Dict`` observation to an action: ``0`` keep, ``1`` fresh,
+``2 + k`` load slot ``k``. The classes of THEORY.md:
+
+* **M0, bank-free**: :class:`AlwaysFresh` (fresh at every task shift) and :class:`KeepCurrent`
+  (sequential fine-tuning). They never load; the only head they have is the active one.
+* **M1, task-blind**: :class:`FixedSlot` and :class:`RandomSlot` act at task shifts only and
+  choose from one fixed distribution that ignores which task arrived. The shift signal only
+  times their decision, it never informs it.
+* **History-aware**: :class:`SimilarityRule` (argmax cosine, fresh below a threshold): NSR's
+  allocation rule. :class:`RoundRobin` loads slots in turn: a phase counter, which is memory of
+  the schedule, so it is *not* memoryless (it is exact on a strict cycle and useless on a
+  recurring one).
+* **Oracle**: :class:`Oracle` reads the true next task from ``info``; the regret reference.
+
+Heads travel with the subspace: a bank entry stores the head trained with its adapter, so
+loading an entry restores both; memoryless policies keep no head beyond the active one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from nsr_gym.envs import FRESH, KEEP, LOAD_OFFSET
+
+Obs = dict[str, np.ndarray]
+
+#: ``task_shift`` above which a policy treats the step as the start of a new task.
+SHIFT_THRESHOLD = 0.1
+
+
+class Policy:
+    """Base class: a policy with SB3's ``predict`` and two optional hooks.
+
+    Attributes:
+        name: Short identifier used in tables.
+        memory_class: ``"M0"``, ``"M1"``, ``"history"``, ``"oracle"`` or ``"learned"``.
+    """
+
+    name = "policy"
+    memory_class = "history"
+
+    def reset(self, seed: int | None = None) -> None:
+        """Start an episode; policies with randomness reseed from ``seed``."""
+
+    def observe(self, info: dict[str, Any]) -> None:
+        """Receive the env's ``info`` after ``reset`` and each ``step``. Only the oracle reads it."""
+
+    def act(self, obs: Obs) -> int:
+        raise NotImplementedError
+
+    def predict(
+        self,
+        observation: Obs,
+        state: Any = None,
+        episode_start: Any = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, Any]:
+        """SB3-compatible: returns ``(action, state)`` with ``action`` a 0-d int64 array."""
+        return np.asarray(self.act(observation), dtype=np.int64), state
+
+
+def _shifted(obs: Obs) -> bool:
+    return float(obs["task_shift"][0]) > SHIFT_THRESHOLD
+
+
+def _active_slot(obs: Obs) -> int | None:
+    idx = int(np.argmax(obs["active"]))
+    return None if idx == 0 or obs["active"][idx] == 0 else idx - 1
+
+
+class KeepCurrent(Policy):
+    """Sequential fine-tuning: one subspace for everything, never switches (class M0)."""
+
+    name, memory_class = "keep-current", "M0"
+
+    def act(self, obs: Obs) -> int:
+        return KEEP
+
+
+class AlwaysFresh(Policy):
+    """A fresh subspace at every task shift, keep otherwise (class M0)."""
+
+    name, memory_class = "always-fresh", "M0"
+
+    def act(self, obs: Obs) -> int:
+        return FRESH if _shifted(obs) else KEEP
+
+
+class FixedSlot(Policy):
+    """At every task shift load slot ``slot`` when it is occupied, keep otherwise (class M1)."""
+
+    memory_class = "M1"
+
+    def __init__(self, slot: int = 0) -> None:
+        self.slot = slot
+        self.name = "fixed-slot" if slot == 0 else f"fixed-slot-{slot}"
+
+    def act(self, obs: Obs) -> int:
+        if _shifted(obs) and obs["occupied"][self.slot] > 0:
+            return LOAD_OFFSET + self.slot
+        return KEEP
+
+
+class RandomSlot(Policy):
+    """At every task shift load a uniformly drawn occupied slot (class M1)."""
+
+    name, memory_class = "random-slot", "M1"
+
+    def __init__(self, seed: int | None = None) -> None:
+        self._rng = np.random.default_rng(seed)
+
+    def reset(self, seed: int | None = None) -> None:
+        self._rng = np.random.default_rng(seed)
+
+    def act(self, obs: Obs) -> int:
+        occupied = np.flatnonzero(obs["occupied"] > 0)
+        if not _shifted(obs) or len(occupied) == 0:
+            return KEEP
+        return LOAD_OFFSET + int(self._rng.choice(occupied))
+
+
+class SimilarityRule(Policy):
+    """NSR's recall: load the most similar entry; a fresh subspace for a task unlike any stored.
+
+    Args:
+        threshold: Cosine similarity below which the task counts as new.
+    """
+
+    name, memory_class = "similarity", "history"
+
+    def __init__(self, threshold: float = 0.5) -> None:
+        self.threshold = threshold
+
+    def act(self, obs: Obs) -> int:
+        sims = np.where(obs["occupied"] > 0, obs["similarity"], -np.inf)
+        active = _active_slot(obs)
+        if sims.size and np.max(sims) >= self.threshold:
+            best = int(np.argmax(sims))
+            # Reload only when the best entry is not already the active subspace.
+            return KEEP if best == active else LOAD_OFFSET + best
+        return FRESH if _shifted(obs) else KEEP
+
+
+class RoundRobin(Policy):
+    """Load slots in turn at each task shift: a phase counter, so NOT memoryless."""
+
+    name, memory_class = "round-robin", "history"
+
+    def __init__(self) -> None:
+        self._phase = 0
+
+    def reset(self, seed: int | None = None) -> None:
+        self._phase = 0
+
+    def act(self, obs: Obs) -> int:
+        if not _shifted(obs):
+            return KEEP
+        K = len(obs["occupied"])
+        slot = self._phase % K
+        self._phase += 1
+        return LOAD_OFFSET + slot if obs["occupied"][slot] > 0 else FRESH
+
+
+class Oracle(Policy):
+    """Knows the true next task (from ``info``): loads its entry at each revisit.
+
+    Args:
+        first_visit: Action at a task's first visit: ``"fresh"`` (the default: on the torch
+            backend a fresh subspace learns a new task faster than another task's), or ``"keep"``
+            (the comparator B of THEORY.md, which never pays a switch it need not pay).
+    """
+
+    name, memory_class = "oracle", "oracle"
+
+    def __init__(self, first_visit: str = "fresh") -> None:
+        if first_visit not in ("keep", "fresh"):
+            raise ValueError("first_visit must be 'keep' or 'fresh'")
+        self.first_visit = first_visit
+        self._info: dict[str, Any] = {}
+
+    def observe(self, info: dict[str, Any]) -> None:
+        self._info = info
+
+    def act(self, obs: Obs) -> int:
+        info = self._info
+        if not info.get("next_is_phase_start", 0):
+            return KEEP
+        slot = int(info.get("next_task_slot", -1))
+        if slot < 0:
+            return FRESH if self.first_visit == "fresh" else KEEP
+        return KEEP if _active_slot(obs) == slot else LOAD_OFFSET + slot
+
+
+#: Constructors of the rule agents by name.
+RULE_AGENTS = {
+    "always-fresh": AlwaysFresh,
+    "keep-current": KeepCurrent,
+    "fixed-slot": FixedSlot,
+    "random-slot": RandomSlot,
+    "round-robin": RoundRobin,
+    "similarity": SimilarityRule,
+    "oracle": Oracle,
+}
+
+
+def make_policy(name: str) -> Policy:
+    """Build a rule agent by name; a clear error lists the known names."""
+    try:
+        return RULE_AGENTS[name]()
+    except KeyError:
+        raise ValueError(f"unknown agent {name!r}; choose from {sorted(RULE_AGENTS)}") from None

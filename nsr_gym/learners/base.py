@@ -1,0 +1,81 @@
+"""The interface every learner backend implements, so one env drives them all.
+
+A learner owns the *active subspace*: the adapter (LoRA factors, or an analytic learner's
+experience vector) and the task head that trains with it. The env decides what the active
+subspace is (keep it, start a fresh one, or load a bank entry's payload) and asks the learner to
+train and evaluate it on the current task. The bank stores whatever :meth:`Learner.snapshot`
+returns; :meth:`Learner.load` must accept it back.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+
+@dataclass
+class UpdateReport:
+    """What happened during :meth:`Learner.train`.
+
+    Attributes:
+        loss: Mean training loss over the finite updates (``nan`` if none ran).
+        skipped: Number of updates skipped because the loss or a gradient was NaN or infinite.
+    """
+
+    loss: float
+    skipped: int = 0
+
+
+class Learner(ABC):
+    """A continual learner with one active subspace.
+
+    Attributes:
+        n_tasks: ``M``, number of tasks it can train on (ids ``0 .. M - 1``).
+        key_dim: Length of the task embeddings returned by :meth:`embed`.
+    """
+
+    n_tasks: int
+    key_dim: int
+
+    @abstractmethod
+    def reset(self, rng: np.random.Generator) -> None:
+        """Start an episode: a fresh active subspace; all randomness drawn from ``rng``."""
+
+    @abstractmethod
+    def fresh(self) -> None:
+        """Replace the active subspace by a newly initialised one (adapter and head)."""
+
+    @abstractmethod
+    def load(self, payload: dict[str, torch.Tensor]) -> None:
+        """Make a stored payload (from :meth:`snapshot`) the active subspace."""
+
+    @abstractmethod
+    def snapshot(self, task_id: int | None = None) -> tuple[dict[str, torch.Tensor], float]:
+        """Compress the active subspace for the bank.
+
+        Args:
+            task_id: The task the subspace was just trained on, to measure the truncation gap.
+
+        Returns:
+            ``(payload, truncation_gap)``: the tensors to store, and how much accuracy on the
+            task last trained the compression costs (``acc(full) - acc(compressed)``; ``0.0``
+            where it is not measured).
+        """
+
+    @abstractmethod
+    def train(self, task_id: int, n_updates: int) -> UpdateReport:
+        """Run ``n_updates`` optimiser updates of the active subspace on task ``task_id``."""
+
+    @abstractmethod
+    def evaluate(self, task_id: int) -> float:
+        """Accuracy in ``[0, 1]`` of the active subspace on task ``task_id``'s held-out data."""
+
+    @abstractmethod
+    def embed(self, task_id: int) -> np.ndarray:
+        """``(key_dim,)`` float32 embedding of task ``task_id`` from a probe batch."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release resources (GPU memory); the default does nothing."""

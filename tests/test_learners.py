@@ -1,0 +1,97 @@
+"""The torch learner (peft LoRA on a frozen backbone) and the analytic learner."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from nsr_gym.data import split_digits
+from nsr_gym.learners import AnalyticConfig, AnalyticLearner, TorchLearner, TorchLearnerConfig
+
+
+@pytest.fixture(scope="module")
+def learner() -> TorchLearner:
+    return TorchLearner(split_digits(5))
+
+
+def test_backbone_frozen_lora_through_peft(learner):
+    from peft import PeftModel
+
+    assert isinstance(learner.model, PeftModel)
+    trainable = {n for n, p in learner.model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    frozen = [p.clone() for n, p in learner.model.named_parameters() if not p.requires_grad]
+    learner.reset(np.random.default_rng(0))
+    learner.train(0, 5)
+    after = [p for n, p in learner.model.named_parameters() if not p.requires_grad]
+    assert all(torch.equal(a, b) for a, b in zip(frozen, after))
+
+
+def test_fresh_adapter_computes_the_backbone(learner):
+    learner.reset(np.random.default_rng(1))
+    x = learner._data[0][0][:8]
+    with torch.no_grad():
+        with learner.model.disable_adapter():
+            base = learner.model(x)
+        assert torch.allclose(learner.model(x), base)
+
+
+def test_training_learns_and_snapshot_load_round_trip(learner):
+    learner.reset(np.random.default_rng(2))
+    before = learner.evaluate(1)
+    learner.train(1, 40)
+    trained = learner.evaluate(1)
+    assert trained > max(before, 0.85)
+    payload, gap = learner.snapshot(1)
+    assert set(payload) == {"layer0.A", "layer0.B", "layer1.A", "layer1.B", "head.weight", "head.bias"}
+    assert abs(gap) < 0.1
+    learner.fresh()
+    learner.load(payload)
+    assert learner.evaluate(1) == pytest.approx(trained - gap, abs=1e-9)
+
+
+def test_embeddings_identify_tasks(learner):
+    learner.reset(np.random.default_rng(3))
+    keys = np.stack([learner.embed(t) for t in range(5)])
+    probes = np.stack([learner.embed(t) for t in range(5)])
+    k = keys / np.linalg.norm(keys, axis=1, keepdims=True)
+    p = probes / np.linalg.norm(probes, axis=1, keepdims=True)
+    assert (np.argmax(p @ k.T, axis=1) == np.arange(5)).all()
+
+
+def test_nan_loss_skips_the_update(learner):
+    learner.reset(np.random.default_rng(4))
+    with torch.no_grad():
+        learner.head.weight.fill_(float("nan"))
+    state = [p.clone() for a, b, _ in learner._lora for p in (a, b)]
+    report = learner.train(0, 3)
+    assert report.skipped == 3 and np.isnan(report.loss)
+    assert all(torch.equal(s, p) for s, p in zip(state, [p for a, b, _ in learner._lora for p in (a, b)]))
+
+
+def test_device_errors():
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA"):
+            TorchLearner(split_digits(5), TorchLearnerConfig(device="cuda"))
+    with pytest.raises(ValueError, match="unknown device"):
+        TorchLearner(split_digits(5), TorchLearnerConfig(device="tpu"))
+
+
+def test_analytic_learner_follows_the_model():
+    cfg = AnalyticConfig(a_star=0.9, D=0.4, tau=5.0, gamma=0.5, kappa=0.8)
+    lr = AnalyticLearner(3, cfg)
+    lr.reset(np.random.default_rng(0))
+    lr.train(0, 2)
+    assert lr.evaluate(0) == pytest.approx(0.9 - 0.4 * np.exp(-2 / 5))
+    lr.train(1, 1)
+    assert lr.h[0] == pytest.approx(1.0) and lr.h[1] == 1.0
+    payload, gap = lr.snapshot(1)
+    assert payload["h"].tolist() == pytest.approx([0.8, 0.8, 0.0])
+    assert gap == pytest.approx((0.9 - 0.4 * np.exp(-1 / 5)) - (0.9 - 0.4 * np.exp(-0.8 / 5)))
+    lr.fresh()
+    assert lr.evaluate(0) == pytest.approx(0.5)
+    lr.load(payload)
+    assert lr.h.tolist() == pytest.approx([0.8, 0.8, 0.0])
+    with pytest.raises(ValueError):
+        AnalyticLearner(3, AnalyticConfig(tau=0.0))
