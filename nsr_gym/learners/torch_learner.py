@@ -57,6 +57,8 @@ class TorchLearnerConfig:
     """``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when present)."""
     measure_truncation: bool = True
     """Evaluate the compressed subspace at store time to report the truncation gap ``eps``."""
+    train_adapters: bool = True
+    """``False`` trains the head alone on the frozen features (the "does LoRA matter" control)."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -122,7 +124,8 @@ class TorchLearner(Learner):
             self._lora.append((layer.lora_A["default"].weight, layer.lora_B["default"].weight,
                                float(layer.scaling["default"])))
         self.head = nn.Linear(cfg.hidden[-1], self.n_classes).to(self.device)
-        params = [p for a, b, _ in self._lora for p in (a, b)] + list(self.head.parameters())
+        params = [p for a, b, _ in self._lora for p in (a, b)] if cfg.train_adapters else []
+        params += list(self.head.parameters())
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr)
 
         # Data on the device once; the frozen features of every training input are cached once

@@ -1,52 +1,20 @@
-"""The ``nsr-gym`` command line: the one top floor that may import the library, agents and theory."""
+"""``nsr-gym run`` and ``nsr-gym envs``: compare allocation policies on a benchmark."""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import sys
 import time
 from pathlib import Path
 
 import pandas as pd
 
+from nsr_gym.cli._common import config_hash, markdown_table, parse_seeds
+
 DEFAULT_AGENTS = ("similarity", "oracle", "round-robin", "random-slot", "keep-current",
                   "always-fresh", "fixed-slot")
 
 
-# ----------------------------------------------------------------------------- helpers
-def markdown_table(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
-    """A GitHub markdown table (no extra dependency)."""
-    def fmt(v: object) -> str:
-        if isinstance(v, float):
-            return "nan" if v != v else format(v, floatfmt)
-        return str(v)
-
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
-
-
-def _parse_seeds(text: str) -> list[int]:
-    """``"5"`` -> seeds 0..4; ``"3,7,9"`` -> those seeds."""
-    try:
-        if "," in text:
-            return [int(s) for s in text.split(",") if s.strip()]
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds takes a count (5) or a list (0,3,7), got {text!r}") from None
-    if n < 1:
-        raise argparse.ArgumentTypeError("--seeds must be at least 1")
-    return list(range(n))
-
-
-def _config_hash(obj: object) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-# ----------------------------------------------------------------------------- commands
 def cmd_envs(args: argparse.Namespace) -> int:
     import gymnasium as gym
 
@@ -91,7 +59,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 2
 
     # Finished (agent, seed) units are kept, so an interrupted run resumes where it stopped.
-    units_dir = out / ".units" / _config_hash({"env": env_id, **env_kwargs})
+    units_dir = out / ".units" / config_hash({"env": env_id, **env_kwargs})
     def unit_path(agent: str, seed: int) -> Path:
         return units_dir / f"{agent}__seed{seed}.csv"
 
@@ -134,15 +102,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nsr-gym", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
 
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="compare allocation policies on a benchmark and write results/")
     p.add_argument("--benchmark", default="CyclicSplitDigits", help="benchmark name (see `nsr-gym envs`)")
     p.add_argument("--agents", default=",".join(DEFAULT_AGENTS), help="comma-separated agent names")
-    p.add_argument("--seeds", type=_parse_seeds, default=None, help="a count (5) or a list (0,3,7)")
+    p.add_argument("--seeds", type=parse_seeds, default=None, help="a count (5) or a list (0,3,7)")
     p.add_argument("--backend", default="torch", choices=["torch", "analytic"])
     p.add_argument("--cycles", type=int, default=None, help="override the number of cycles C")
     p.add_argument("--out", default=None, help="output directory (default results/<benchmark>)")
@@ -153,13 +118,3 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("envs", help="list the registered env ids")
     p.set_defaults(func=cmd_envs)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Helpers shared by the CLI commands."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+
+import pandas as pd
+
+
+def markdown_table(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    """A GitHub markdown table (no extra dependency)."""
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return "nan" if v != v else format(v, floatfmt)
+        return str(v)
+
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"5"`` -> seeds 0..4; ``"3,7,9"`` -> those seeds."""
+    try:
+        if "," in text:
+            return [int(s) for s in text.split(",") if s.strip()]
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seeds takes a count (5) or a list (0,3,7), got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError("--seeds must be at least 1")
+    return list(range(n))
+
+
+def config_hash(obj: object) -> str:
+    """A short stable hash of a JSON-able configuration (names resume directories)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
