@@ -29,7 +29,8 @@ from theory.model import (
 )
 def test_phase_deficit_closed_form_equals_sum(H: float, L: int, D: float, tau: float) -> None:
     curve = ExpCurve(0.9, D, tau)
-    assert phase_deficit(H, L, curve) == pytest.approx(phase_deficit_bruteforce(H, L, curve), rel=1e-10, abs=1e-12)
+    brute = phase_deficit_bruteforce(H, L, curve)
+    assert phase_deficit(H, L, curve) == pytest.approx(brute, rel=1e-10, abs=1e-12)
 
 
 def test_phase_deficit_vectorizes_and_scales_with_experience() -> None:
@@ -72,7 +73,9 @@ def test_recovery_time_fresh_theory_example(eps: float, expected: int) -> None:
 @pytest.mark.parametrize("w", [1, 3, 10])
 @pytest.mark.parametrize("eps", [0.0, 0.001, 0.01, 0.05, 0.3])
 @pytest.mark.parametrize(("D", "tau", "L"), [(0.75, 6.0, 40), (0.4, 2.5, 10), (0.9, 15.0, 30)])
-def test_recovery_time_fresh_equals_definition(D: float, tau: float, L: int, eps: float, w: int) -> None:
+def test_recovery_time_fresh_equals_definition(
+    D: float, tau: float, L: int, eps: float, w: int
+) -> None:
     """The formula is exact when a_pre is the mean of the last w steps of a fresh phase."""
     curve = ExpCurve(0.93, D, tau)
     fresh_phase = np.asarray(curve.acc(np.arange(1, L + 1)))

@@ -109,6 +109,7 @@ __all__ = [
     "lower_bound_m0",
     "lower_bound_m1",
     "make_policy",
+    "one_sided_verdict",
     "paired_delta_switch",
     "phase_deficit",
     "phase_deficit_bruteforce",

@@ -84,7 +84,12 @@ def simulate_hits(policy: str, M: int, K: int, cycles: int) -> np.ndarray:
 
 
 def _victim(
-    policy: str, cache: list[int], last_use: dict[int, int], uses: dict[int, int], seq: list[int], t: int
+    policy: str,
+    cache: list[int],
+    last_use: dict[int, int],
+    uses: dict[int, int],
+    seq: list[int],
+    t: int,
 ) -> int:
     """The resident entry to evict before inserting ``seq[t]``."""
     if policy == "fifo":

@@ -136,9 +136,8 @@ def fit_exponential(steps: ArrayLike, acc: ArrayLike) -> ExpFit:
     assert best is not None
     p0 = best[1]
     try:
-        popt, _ = curve_fit(
-            _model, s, y, p0=p0, bounds=([-np.inf, -np.inf, 1e-6], [np.inf, np.inf, np.inf]), maxfev=20000
-        )
+        bounds = ([-np.inf, -np.inf, 1e-6], [np.inf, np.inf, np.inf])
+        popt, _ = curve_fit(_model, s, y, p0=p0, bounds=bounds, maxfev=20000)
         params = (float(popt[0]), float(popt[1]), float(popt[2]))
     except RuntimeError:
         params = p0  # no convergence: the grid optimum is still a least-squares point in tau

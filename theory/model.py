@@ -112,7 +112,7 @@ def phase_deficit_bruteforce(H: float, L: int, curve: ExpCurve) -> float:
 
 
 def bank_experience(c: int, L: int, kappa: float) -> float:
-    """Experience the Bank restores at the start of visit ``c``: ``H_1 = 0, H_c = kappa (H_{c-1} + L)``.
+    """Experience the Bank restores at visit ``c``: ``H_1 = 0``, ``H_c = kappa (H_{c-1} + L)``.
 
     At the end of a visit the task has ``H_c + L`` experience; the env stores ``kappa`` times that
     and the Bank loads it at the next visit. In closed form ``H_c = L sum_{j=1}^{c-1} kappa^j``:

@@ -22,9 +22,11 @@ its reward over the episode is ``M C L a* - M sum_c Phi(H_c) - lam M (C - 1)``, 
 * ``M - 1`` is read as: a choice blind to the task hits the right slot for at most one task per
   cycle in expectation (its slot probabilities sum to at most 1), so at least ``M - 1`` tasks
   per cycle miss their entry and pay ``Delta_switch - lam``.
-* ``Delta_switch`` is read as ``Phi(h_bar) - Phi(kappa (h_bar + L))``, the extra deficit of one
-  revisit that cannot restore its entry; with a compressing bank (``kappa < 1``) it grows with
-  ``c`` toward ``delta_switch_asymptotic`` and the bounds use its per-cycle values.
+* ``Delta_switch`` is read as the extra deficit of one revisit that cannot restore its entry,
+  ``Delta_c = Phi(0) - Phi(H_c)``; its minimum ``Delta_2 = Phi(0) - Phi(kappa L)`` is
+  THEORY.md's ``Phi(h_bar) - Phi(kappa (h_bar + L))`` at ``h_bar = 0``. With a compressing bank
+  (``kappa < 1``) it grows with ``c`` toward ``delta_switch_asymptotic``; the exact bounds use
+  the per-cycle values, the simplified ones ``Delta_2``.
 
 ## Theorem 1' (A1-A3, complete forgetting ``gamma = 0``, ``K >= M``, ``Delta >= lam``)
 With ``x_c = Delta_c - lam`` (tasks share one curve, so ``Delta_{m,c} = Delta_c``):
@@ -39,8 +41,9 @@ KEEP across a task change all start the phase at ``h_m = 0``; by induction on ``
 own entry never exceeds ``H_c`` (one phase adds at most ``L``; the store multiplies by
 ``kappa``). (ii) Hence in cycle 1 every policy has deficit ``>= Phi(0)`` per phase, which B meets
 with no switch: regret ``>= 0``. (iii) In a revisit, a policy that does not restore ``m``'s entry
-at the phase start has deficit ``>= Phi(0)`` and switch cost ``>= 0`` against B's ``Phi(H_c) +
-lam``: regret ``>= x_c``; one that does restores at most ``H_c`` and pays ``lam``: regret ``>= 0``.
+at the phase start (M0 and M1 act at phase starts only) has deficit ``>= Phi(0)`` and switch
+cost ``>= 0`` against B's ``Phi(H_c) + lam``: regret ``>= x_c``; one that does restores at most
+``H_c`` and pays ``lam``: regret ``>= 0``.
 (iv) M0 never restores: ``M x_c`` per cycle. An M1 policy restores task ``m`` with probability
 ``p_{slot(m)}`` and ``sum_m p_{slot(m)} <= 1``, so the expected regret per cycle is ``>=
 sum_m (1 - p_m) x_c >= sum_m x_c - max(0, max_m x_c)``. With ``x_c < 0`` (``lam > Delta``) the
@@ -62,6 +65,18 @@ These match THEORY.md for every ``kappa`` (no correction needed). For ``gamma > 
 fixed-slot and B are unchanged; keep-current then starts revisit ``c`` from ``G x_{c-1}``,
 ``G = gamma^{(M-1) L}``, ``x_1 = L``, ``x_c = G x_{c-1} + L``, and ``regret_keep_current``
 implements that exact recursion (THEORY.md's formula is its ``gamma = 0`` case).
+
+## What breaks it
+* ``lam >= Delta``: the bounds turn negative and keep-current beats the Bank; the honest
+  constant is ``Delta - lam`` (``lower_bound_m0`` stays exact for keep-current).
+* Incomplete forgetting (``gamma > 0``): keep-current keeps ``rho = 1 - q^{G x}`` of the task
+  (``theory.estimate.forgetting_ratio``); the bounds refuse ``gamma != 0``. Per-task heads
+  are memory too: this model has none, so a baseline that keeps one head per task on the torch
+  backend is not bank-free in the theorem's sense.
+* Capacity ``K < M``: see ``theory.capacity`` (LRU/FIFO/LFU never hit on a strict cycle).
+* Compression: ``kappa < 1`` lowers ``H_c`` and so ``Delta_c``; every formula here keeps it.
+* A controller that needs ``d`` extra steps to find its entry (``theory.simulate``'s feedback
+  search) pays about ``d (D q + lam)`` per revisit against a saving of about ``D tau``.
 
 ## Theorem 2 (the Bank pays first visits only)
 Against a prescient comparator at ``a*`` every step, B's *accuracy* regret is
@@ -168,7 +183,9 @@ def _require_complete_forgetting(setting: CyclicSetting, what: str) -> None:
     # Under gamma > 0 another task's entry carries a decayed copy of h_m, so step (i) of the
     # proof fails; refusing is better than returning a number that is not a bound.
     if setting.gamma != 0.0:
-        raise ValueError(f"{what} assumes complete forgetting (gamma = 0), got gamma={setting.gamma}")
+        raise ValueError(
+            f"{what} assumes complete forgetting (gamma = 0), got gamma={setting.gamma}"
+        )
 
 
 # --------------------------------------------------------------------------- Delta_switch
@@ -192,16 +209,21 @@ def delta_switch(setting: CyclicSetting, c: int, h_bar: float = 0.0) -> float:
 
 
 def delta_switch_min(setting: CyclicSetting, h_bar: float = 0.0) -> float:
-    """``Delta_min = Delta_2 = Phi(h_bar) - Phi(kappa (h_bar + L))``: THEORY.md's ``Delta_switch``.
+    """``Delta_min = min_{c>=2} Delta_c = Phi(h_bar) - Phi(kappa L)``, THEORY.md's ``Delta_switch``.
 
     ``H_c`` is nondecreasing in ``c``, so ``Delta_c`` is too and the minimum over revisits is at
-    ``c = 2``. (With ``h_bar > 0`` the stored experience is ``kappa (h_bar + L)``, THEORY.md's form.)
+    ``c = 2``. THEORY.md writes ``Phi(h_bar) - Phi(kappa (h_bar + L))``; the two agree at
+    ``h_bar = 0``, the only case the theorem covers. For ``h_bar > 0`` this function follows B's
+    actual trajectory, whose first visit starts from 0 whatever the forgetting (a task never
+    trained has no experience to forget), so it stores ``kappa L``, not ``kappa (h_bar + L)``.
     """
-    return float(setting.phi(h_bar) - setting.phi(setting.kappa * (h_bar + setting.L)))
+    return delta_switch(setting, 2, h_bar)
 
 
 def delta_switch_asymptotic(setting: CyclicSetting, h_bar: float = 0.0) -> float:
-    """``lim_{c -> inf} Delta_c = Phi(h_bar) - Phi(kappa L / (1 - kappa))`` (``Phi(h_bar)`` at ``kappa = 1``).
+    """``lim_{c -> inf} Delta_c = Phi(h_bar) - Phi(kappa L / (1 - kappa))``.
+
+    At ``kappa = 1`` the Bank's experience grows without bound and the limit is ``Phi(h_bar)``.
 
     For ``L >> tau`` and ``h_bar = 0`` this is about ``D q / (1 - q) ~ D tau``
     (``ExpCurve.area``): the area between the learning curve and its asymptote.
@@ -278,14 +300,18 @@ def bank_regret_vs_prescient(setting: CyclicSetting, include_switch_cost: bool =
 def bank_regret_bound_kappa1(setting: CyclicSetting) -> float:
     """``M Phi(0) / (1 - q^L)``: Theorem 2's ``C``-free bound (valid when ``kappa = 1``).
 
-    Proof: ``H_c = (c - 1) L``, so ``sum_c Phi(H_c) = Phi(0) sum_c q^{(c-1)L} <= Phi(0) / (1 - q^L)``.
+    Proof: ``H_c = (c - 1) L``, so
+    ``sum_c Phi(H_c) = Phi(0) sum_c q^{(c-1)L} <= Phi(0) / (1 - q^L)``.
     """
     q_L = setting.curve.q**setting.L
     return float(setting.M * setting.phi(0.0) / (1.0 - q_L))
 
 
 def bank_regret_slope(setting: CyclicSetting) -> float:
-    """Asymptotic per-cycle growth of Theorem 2's regret: ``M Phi(kappa L / (1 - kappa))``; 0 at ``kappa = 1``."""
+    """Per-cycle growth of Theorem 2's regret as ``C -> inf``: ``M Phi(kappa L / (1 - kappa))``.
+
+    0 at ``kappa = 1`` (the regret is bounded, ``bank_regret_bound_kappa1``).
+    """
     if setting.kappa == 1.0:
         return 0.0
     return float(setting.M * setting.phi(setting.kappa * setting.L / (1.0 - setting.kappa)))
@@ -356,7 +382,7 @@ def regret_always_fresh(setting: CyclicSetting) -> float:
 
 
 def regret_keep_current(setting: CyclicSetting) -> float:
-    """Keep-current against B: ``M S - lam (C - 1) M`` at ``gamma = 0`` (exact recursion otherwise)."""
+    """Keep-current against B: ``M S - lam (C - 1) M`` at ``gamma = 0``; the recursion otherwise."""
     return float(np.sum(regret_per_cycle(setting, "keep_current")))
 
 

@@ -50,7 +50,9 @@ def cum_regret_by_cycle(rewards_ref: ArrayLike, rewards: ArrayLike, n_cycles: in
     ref = np.asarray(rewards_ref, dtype=np.float64)
     got = np.asarray(rewards, dtype=np.float64)
     if ref.shape != got.shape or ref.shape[-1] % n_cycles:
-        raise ValueError(f"shapes {ref.shape}, {got.shape} must match and split into {n_cycles} cycles")
+        raise ValueError(
+            f"shapes {ref.shape}, {got.shape} must match and split into {n_cycles} cycles"
+        )
     per_cycle = (ref - got).reshape(*ref.shape[:-1], n_cycles, -1).sum(axis=-1)
     return np.cumsum(per_cycle, axis=-1)
 
@@ -93,7 +95,7 @@ class SlopeRatio:
     n_seeds: int
     n_resamples: int
     n_invalid: int
-    """Resamples whose bound slope was ``<= 0`` (ratio undefined: the theorem needs ``Delta > lam``)."""
+    """Resamples with bound slope ``<= 0`` (ratio undefined: the theorem needs ``Delta > lam``)."""
 
     def verdict(self, tol: float = 0.05, max_width: float | None = None) -> Verdict:
         """``one_sided_verdict`` on this interval."""
@@ -117,7 +119,8 @@ def bootstrap_slope_ratio(
         per_seed_delta: ``(n_seeds,)`` ``Delta_switch`` per seed (e.g. ``paired_delta_switch``).
         M: Number of tasks.
         lam: Switching cost.
-        policy_class: ``"M1"`` (bound slope ``(M - 1)(Delta - lam)``) or ``"M0"`` (``M (Delta - lam)``).
+        policy_class: ``"M1"`` (bound slope ``(M - 1)(Delta - lam)``) or ``"M0"``
+            (``M (Delta - lam)``).
         n_resamples: Bootstrap resamples (THEORY.md asks for at least 2000).
         rng: Generator or seed.
         level: Two-sided confidence level of the percentile interval.
@@ -129,7 +132,9 @@ def bootstrap_slope_ratio(
     Y = np.asarray(per_seed_cum_regret, dtype=np.float64)
     d = np.asarray(per_seed_delta, dtype=np.float64).ravel()
     if Y.ndim != 2 or Y.shape[0] != d.size:
-        raise ValueError(f"need (n_seeds, C) regrets and (n_seeds,) deltas, got {Y.shape} and {d.shape}")
+        raise ValueError(
+            f"need (n_seeds, C) regrets and (n_seeds,) deltas, got {Y.shape} and {d.shape}"
+        )
     if policy_class not in ("M0", "M1"):
         raise ValueError(f"policy_class must be 'M0' or 'M1', got {policy_class!r}")
     factor = float(M - 1 if policy_class == "M1" else M)
@@ -168,7 +173,10 @@ def bootstrap_slope_ratio(
 
 
 def one_sided_verdict(
-    ci_upper: float, tol: float = 0.05, ci_width: float | None = None, max_width: float | None = None
+    ci_upper: float,
+    tol: float = 0.05,
+    ci_width: float | None = None,
+    max_width: float | None = None,
 ) -> Verdict:
     """One-sided test of a lower bound from the ratio's CI.
 

@@ -16,6 +16,9 @@ BENCHMARKS: dict[str, dict] = {
                               phase_length=30, n_cycles=4),
     "RecurringSplitDigits": dict(tasks="split_digits", n_tasks=5, schedule="recurring",
                                  phase_length=30, n_cycles=4),
+    # ---- Heterogeneous and domain-incremental offline benchmarks (issue 5) -----------------
+    # ---- Backbones where activation caching matters (issue 6) ------------------------------
+    # ---- Long horizon: hundreds of tasks (issue 8) -----------------------------------------
 }
 
 
