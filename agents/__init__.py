@@ -13,8 +13,12 @@ from agents.policies import (
     SimilarityRule,
     make_policy,
 )
+from agents.sb3_policy import SB3Policy, load_sb3_policy
+from agents.specs import make_agent
+from agents.train import TrainConfig, train
 
 __all__ = [
     "RULE_AGENTS", "STEP_COLUMNS", "AlwaysFresh", "FixedSlot", "KeepCurrent", "Oracle", "Policy",
-    "RandomSlot", "RoundRobin", "SimilarityRule", "evaluate", "make_policy", "rollout",
+    "RandomSlot", "RoundRobin", "SB3Policy", "SimilarityRule", "TrainConfig", "evaluate",
+    "load_sb3_policy", "make_agent", "make_policy", "rollout", "train",
 ]

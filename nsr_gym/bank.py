@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import operator
 import os
 import shutil
 import uuid
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,10 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-BANK_FORMAT_VERSION: int = 1
+BANK_FORMAT_VERSION: int = 2
+#: Versions :meth:`TaskKnowledgeBank.load` reads. Version 2 added ``manifest_sha256`` (the
+#: checksum of the manifest's own contents), so a flipped byte in the metadata is detected too.
+READABLE_BANK_VERSIONS: tuple[int, ...] = (1, 2)
 EVICTION_POLICIES: tuple[str, ...] = ("lru", "fifo", "lfu", "least_unique", "reject")
 
 _MANIFEST = "manifest.json"
@@ -80,7 +85,10 @@ def compress_lora(
     # the arithmetic itself runs in float64, which costs little at O((m + n) r^2).
     eps = torch.finfo(in_dtype if in_dtype.is_floating_point else torch.float32).eps
     b64, a64 = B.detach().to(torch.float64), A.detach().to(torch.float64)
-    if not (bool(torch.isfinite(b64).all()) and bool(torch.isfinite(a64).all())):
+    # A finite sum means finite entries (NaN and inf propagate): one reduction instead of an
+    # elementwise check, which only runs when the sum is not finite (or overflowed).
+    if not (math.isfinite(float(b64.sum())) and math.isfinite(float(a64.sum()))) and not (
+            bool(torch.isfinite(b64).all()) and bool(torch.isfinite(a64).all())):
         raise ValueError("compress_lora: B and A must be finite (found NaN or inf)")
     zeros = (torch.zeros(m, 1, device=B.device), torch.zeros(1, n, device=B.device))
     if min(m, n, r) == 0:
@@ -184,6 +192,14 @@ class TaskKnowledgeBank:
         self.slots: list[BankEntry | None] = [None] * self.capacity
         self._keys = np.zeros((self.capacity, self.key_dim), dtype=np.float32)
         self._next_order = 0  # persisted, so FIFO order survives a save/load round trip
+        self._version = 0  # bumped by every write, load or pin: lets callers cache derived views
+
+    @property
+    def version(self) -> int:
+        """A counter bumped by every change made through the bank's methods (insert, update,
+        touch, pin, load), so per-step views of the bank (the env's observation) are rebuilt
+        only when it changed. Change entries through these methods, not by assigning fields."""
+        return self._version
 
     def __len__(self) -> int:
         return sum(e is not None for e in self.slots)
@@ -198,17 +214,28 @@ class TaskKnowledgeBank:
         """``(K,)`` float32 cosine of ``query`` ``(d,)`` with each key; 0.0 for empty slots, zero
         keys, or a zero query."""
         q = self._as_key(query, "query")
-        norm = float(np.linalg.norm(q.astype(np.float64)))
+        q64 = q.astype(np.float64)
+        norm = math.sqrt(float(q64 @ q64))
         if norm == 0.0:
             return np.zeros(self.capacity, dtype=np.float32)
-        sims = self._keys @ (q.astype(np.float64) / norm).astype(np.float32)
-        return np.clip(sims, -1.0, 1.0).astype(np.float32, copy=False)
+        sims = self._keys @ (q64 / norm).astype(np.float32)
+        return np.clip(sims, -1.0, 1.0, out=sims)
 
     def recall(self, query: np.ndarray, top_k: int = 1) -> list[tuple[int, float]]:
-        """At most ``top_k`` occupied ``(slot, cosine)``, most similar first (ties: lower slot)."""
+        """At most ``top_k`` occupied ``(slot, cosine)``, most similar first (ties: lower slot).
+
+        Exact: one matrix-vector product over the contiguous normalised keys. ``top_k = 1`` is an
+        ``argmax`` (no sort, no pass over the slot list) whenever the best cosine is positive, so
+        a single query over 10^6 keys costs one pass over the key matrix.
+        """
         if top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {top_k}")
         sims = self.similarities(query)
+        if top_k == 1 and len(sims):
+            best = int(np.argmax(sims))  # first maximum: the lower slot on ties
+            # Empty slots hold zero keys (cosine exactly 0), so a positive maximum is occupied.
+            if sims[best] > 0.0 and self.slots[best] is not None:
+                return [(best, float(sims[best]))]
         slots = np.flatnonzero(self.occupied())
         order = slots[np.argsort(-sims[slots], kind="stable")]  # stable keeps lower slot on ties
         return [(int(k), float(sims[k])) for k in order[:top_k]]
@@ -269,6 +296,44 @@ class TaskKnowledgeBank:
         self._place(slot, entry)
         return slot, evicted
 
+    def insert_many(self, entries: Iterable[BankEntry], step: int) -> list[int]:
+        """Store ``entries`` in the empty slots, lowest first, in one pass; no eviction.
+
+        For building large banks: :meth:`insert` scans the slots for the lowest empty one on
+        every call, which makes filling ``K`` slots one by one cost ``O(K^2)``; this is ``O(K)``.
+        The entries get the fields :meth:`insert` would give them, in order.
+
+        Returns:
+            The slots used, in the order of ``entries``.
+
+        Raises:
+            ValueError: for more entries than empty slots, or an invalid entry (nothing is stored).
+        """
+        entries = list(entries)
+        empty = [k for k, e in enumerate(self.slots) if e is None]
+        if len(entries) > len(empty):
+            raise ValueError(f"insert_many: {len(entries)} entries for {len(empty)} empty slots; "
+                             "use insert() to store with eviction")
+        stored = {id(e) for e in self.slots if e is not None}
+        for entry in entries:
+            self._check_entry(entry, stored)
+            stored.add(id(entry))
+        slots = empty[: len(entries)]
+        for slot, entry in zip(slots, entries, strict=True):
+            entry.tasks_served = _unique(entry.tasks_served)
+            entry.created_step = entry.last_used_step = int(step)
+            entry.inserted_order = self._next_order
+            self._next_order += 1
+            self.slots[slot] = entry
+        if entries:  # the keys, normalised as _place does (float64 norm, float32 divide), at once
+            keys = np.stack([e.key for e in entries])
+            # x.dot(x) per row, as np.linalg.norm computes it (a batched einsum rounds differently)
+            norms = np.array([math.sqrt(k.dot(k)) for k in keys.astype(np.float64)],
+                             dtype=np.float32)[:, None]
+            self._keys[slots] = np.divide(keys, norms, out=np.zeros_like(keys), where=norms > 0)
+            self._version += 1
+        return slots
+
     def update(self, slot: int, entry: BankEntry, step: int) -> None:
         """Put ``entry`` in occupied ``slot`` in place of the old entry, keeping its ``usage``,
         ``pinned``, ``inserted_order`` and ``created_step``; ``tasks_served`` = old ids then new;
@@ -290,10 +355,12 @@ class TaskKnowledgeBank:
         e = self._occupied_entry(slot)
         e.usage += 1
         e.last_used_step = int(step)
+        self._version += 1
 
     def pin(self, slot: int, pinned: bool = True) -> None:
         """Mark the entry in ``slot`` as (un)evictable."""
         self._occupied_entry(slot).pinned = bool(pinned)
+        self._version += 1
 
     # --- internals ---------------------------------------------------------------------------
 
@@ -317,8 +384,9 @@ class TaskKnowledgeBank:
             raise ValueError(f"{what} must be finite (found NaN or inf)")
         return arr
 
-    def _check_entry(self, entry: BankEntry) -> None:
-        if any(e is entry for e in self.slots):
+    def _check_entry(self, entry: BankEntry, stored: set[int] | None = None) -> None:
+        """``stored``: ids of the stored entries, when the caller has them (saves a slot scan)."""
+        if (id(entry) in stored) if stored is not None else any(e is entry for e in self.slots):
             raise ValueError("this BankEntry object is already stored; insert a copy instead")
         entry.key = self._as_key(entry.key, "entry.key")
         for name, t in entry.tensors.items():
@@ -326,9 +394,13 @@ class TaskKnowledgeBank:
                 raise ValueError(f"bad tensor name {name!r}: non-empty str other than {_KEY!r}")
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"entry.tensors[{name!r}] must be a torch.Tensor, got {type(t)}")
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise ValueError(f"entry.tensors[{name!r}] holds NaN or inf; a bank never stores "
+                                 "non-finite tensors (skip the insert instead)")
 
     def _place(self, slot: int, entry: BankEntry) -> None:
         self.slots[slot] = entry
+        self._version += 1
         norm = float(np.linalg.norm(entry.key.astype(np.float64)))
         # A zero key stays a zero row: it is similar to nothing rather than NaN.
         self._keys[slot] = 0.0 if norm == 0.0 else (entry.key / norm).astype(np.float32)
@@ -408,6 +480,7 @@ class TaskKnowledgeBank:
                     "key_dim": self.key_dim, "eviction": self.eviction,
                     "next_inserted_order": self._next_order,
                     "safetensors_sha256": _file_sha256(folder / _TENSORS), "entries": entries}
+        manifest[_MANIFEST_SHA] = _manifest_sha256(manifest)
         with open(folder / _MANIFEST, "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=1)
         for p in (folder / _TENSORS, folder / _MANIFEST, folder):
@@ -465,6 +538,10 @@ class TaskKnowledgeBank:
                 named[name] = stored[full]
             if _entry_sha256(named) != f.get("sha256", str):
                 raise _fail(tpath, f"checksum of slot {slot}'s tensors does not match the manifest")
+            bad = [n for n, t in named.items()
+                   if t.is_floating_point() and not bool(t.isfinite().all())]
+            if bad:  # a well-formed file can still carry NaN/inf, which the bank never holds
+                raise _fail(tpath, f"slot {slot} tensors {sorted(bad)} hold NaN or inf")
             key = named.pop(_KEY, None)
             if key is None or _spec(key) != _spec(torch.zeros(bank.key_dim)):
                 raise _fail(mpath, f"slot {slot} needs a float32 ({bank.key_dim},) {_KEY} tensor")
@@ -477,10 +554,17 @@ class TaskKnowledgeBank:
         extra = sorted(set(stored) - expected)
         if extra:
             raise _fail(tpath, f"tensors not listed in the manifest: {extra}")
+        # Last, so the checks above name the specific problem when there is one. A version-1
+        # manifest has no checksum; one that carries it anyway (a flipped version byte) is checked.
+        if (m.d["format_version"] >= 2 or _MANIFEST_SHA in m.d) and \
+                m.d.get(_MANIFEST_SHA) != _manifest_sha256(m.d):
+            raise _fail(mpath, "the manifest's contents do not match its manifest_sha256: "
+                        "modified or corrupted")
         return bank
 
 
 _INT_FIELDS = ("owner", "usage", "created_step", "last_used_step", "inserted_order")
+_MANIFEST_SHA = "manifest_sha256"
 _FIX = "Restore the bank from a backup, or re-create it and save it with TaskKnowledgeBank.save"
 
 
@@ -498,11 +582,19 @@ def _read_manifest(mpath: Path) -> dict[str, Any]:
     if not isinstance(manifest, dict) or "format_version" not in manifest:
         raise _fail(mpath, "no format_version field; this is not a bank manifest")
     version = manifest["format_version"]
-    if type(version) is not int or version != BANK_FORMAT_VERSION:
+    if type(version) is not int or version not in READABLE_BANK_VERSIONS:
         raise BankFormatError(
             f"{mpath}: unknown format_version {version!r} (this nsr_gym reads "
-            f"{BANK_FORMAT_VERSION}). Load it with the nsr_gym version that wrote it, or re-save")
+            f"{READABLE_BANK_VERSIONS}). Load it with the nsr_gym version that wrote it, or "
+            "re-save it")
     return manifest
+
+
+def _manifest_sha256(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, no spaces), without its own field."""
+    body = {k: v for k, v in manifest.items() if k != _MANIFEST_SHA}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"))
+                          .encode("utf-8")).hexdigest()
 
 
 def _backups(root: Path) -> list[Path]:

@@ -4,6 +4,11 @@ Nothing here touches the network: ``sklearn.datasets.load_digits`` reads a CSV t
 scikit-learn (1,797 images of 8x8 pixels, intensities 0..16). Every split and transform is a
 deterministic function of fixed seeds, so two machines build the same tasks bit for bit.
 
+Families (:data:`TASK_FAMILIES`): ``split_digits`` (class splits), ``permuted_digits`` (pixel
+permutations, one label space) and ``five_domains`` (five visibly different transforms of all ten
+classes: a heterogeneous stand-in for 5-Datasets). Paper-scale data read from files lives in
+:mod:`nsr_gym.paper_data`.
+
 A :class:`Task` holds float32 inputs scaled to ``[0, 1]`` of shape ``(n, 64)`` and int64 labels
 local to the task (``0 .. n_classes - 1``), as in task-incremental learning: the task's head
 maps features to its own classes.
@@ -136,8 +141,74 @@ def permuted_digits(n_tasks: int = 5, seed: int = 0) -> list[Task]:
     return tasks
 
 
+# ----------------------------------------------------------------------------- five domains
+
+
+def _images(x: np.ndarray) -> np.ndarray:
+    return x.reshape(-1, 8, 8)
+
+
+def _invert(x: np.ndarray) -> np.ndarray:
+    """Inverted intensities: a white background and dark strokes."""
+    return 1.0 - x
+
+
+def _rotate(x: np.ndarray) -> np.ndarray:
+    """Each image rotated by 90 degrees counter-clockwise."""
+    return np.rot90(_images(x), 1, axes=(1, 2)).reshape(-1, 64)
+
+
+def _permute(x: np.ndarray) -> np.ndarray:
+    """One fixed pixel permutation (drawn from ``(SPLIT_SEED, 5)``): no spatial structure left."""
+    return x[:, np.random.default_rng([SPLIT_SEED, 5]).permutation(64)]
+
+
+def _shift_blur(x: np.ndarray) -> np.ndarray:
+    """Upsampled x2 (nearest), shifted by 3 fine pixels (wrapping), averaged back down to 8x8:
+    a digit moved down-right by 1.5 pixels and blurred."""
+    up = np.repeat(np.repeat(_images(x), 2, axis=1), 2, axis=2)
+    up = np.roll(up, (3, 3), axis=(1, 2))
+    return up.reshape(-1, 8, 2, 8, 2).mean(axis=(2, 4)).reshape(-1, 64)
+
+
+#: The domains of :func:`five_domains`, in stream order: name -> transform of ``(n, 64)`` inputs.
+DOMAINS = {
+    "digits": lambda x: x,
+    "inverted": _invert,
+    "rotated": _rotate,
+    "permuted": _permute,
+    "shifted_blurred": _shift_blur,
+}
+
+
+def five_domains(n_tasks: int = 5) -> list[Task]:
+    """FiveDomains: a heterogeneous stand-in for 5-Datasets, built offline from the digits.
+
+    Five visibly different domains of all ten classes, each a task with its own 10-way head,
+    all 64-d so one backbone serves them: the original digits, inverted intensities, a 90 degree
+    rotation, a fixed pixel permutation, and a shifted-and-blurred copy (``DOMAINS``). Every
+    transform is deterministic; train and test images go through the same one.
+
+    Raises:
+        ValueError: unless ``n_tasks == 5`` (the first ``n`` domains with ``1 <= n <= 5`` are
+            also accepted, for small tests).
+    """
+    if not 1 <= n_tasks <= len(DOMAINS):
+        raise ValueError(f"five_domains: n_tasks={n_tasks} must be in 1..{len(DOMAINS)}; "
+                         "for more tasks use permuted_digits.")
+    x_tr, y_tr, x_te, y_te = load_digits_split()
+    tasks = []
+    for t, (name, transform) in enumerate(list(DOMAINS.items())[:n_tasks]):
+        tasks.append(Task(t, name,
+                          np.ascontiguousarray(transform(x_tr), dtype=np.float32), y_tr.copy(),
+                          np.ascontiguousarray(transform(x_te), dtype=np.float32), y_te.copy(),
+                          10))
+    return tasks
+
+
 #: Task families by name, each ``f(n_tasks) -> list[Task]``.
-TASK_FAMILIES = {"split_digits": split_digits, "permuted_digits": permuted_digits}
+TASK_FAMILIES = {"split_digits": split_digits, "permuted_digits": permuted_digits,
+                 "five_domains": five_domains}
 
 
 def make_tasks(family: str, n_tasks: int) -> list[Task]:

@@ -8,6 +8,16 @@ A stream is a sequence of phases of ``phase_length`` steps each; phase ``p`` ser
 * ``sequential``: each task once, in order (``C = 1``).
 * ``recurring``: each phase draws its task uniformly from a seeded generator (no two consecutive
   phases share a task), so a phase counter cannot predict the task.
+* ``revisit``: the 5-Datasets protocol: every task once in order (first visits), then ``C - 1``
+  passes that revisit every task in a seeded random order (never the same task twice in a row),
+  so revisits come back after varying gaps and a phase counter cannot predict them.
+* ``zipf`` and ``geometric``: long-horizon recurrence for hundreds of tasks (issue 8). New tasks
+  arrive in order, task ``m`` at phase ``m * C``; every other phase revisits a task already seen,
+  drawn by its *stack distance* ``d`` (how many distinct tasks were served since its last visit,
+  ``d = 1`` the most recent other task) with weight ``d ** -s`` (``zipf``, default ``s = 1``) or
+  ``(1 - q) ** (d - 1)`` (``geometric``, default ``q = 0.1``). ``"zipf:1.5"`` or
+  ``"geometric:0.3"`` sets the parameter. An LRU bank of ``K`` slots holds the revisited task
+  exactly when ``d < K``, so the law sets how much a capped bank can serve.
 """
 
 from __future__ import annotations
@@ -16,7 +26,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
-SCHEDULES = ("cyclic", "sequential", "recurring")
+#: Long-horizon recurrence laws and their default parameter (``"zipf:1.5"`` sets another).
+RECURRENCE_LAWS = {"zipf": 1.0, "geometric": 0.1}
+
+
+class _ScheduleNames(tuple):
+    """The schedule names; ``in`` also accepts a recurrence law with a parameter (``"zipf:1.5"``)."""
+
+    def __contains__(self, kind: object) -> bool:
+        try:
+            return isinstance(kind, str) and (tuple.__contains__(self, kind)
+                                              or parse_recurrence(kind) is not None)
+        except ValueError:
+            return False
+
+
+SCHEDULES = _ScheduleNames(("cyclic", "sequential", "recurring", "revisit", *RECURRENCE_LAWS))
 
 
 @dataclass(frozen=True)
@@ -60,7 +85,7 @@ def make_stream(
         n_tasks: ``M >= 1`` distinct tasks.
         phase_length: ``L >= 1`` steps per phase.
         n_cycles: ``C >= 1``; for ``recurring`` the stream has ``C * M`` phases.
-        rng: Generator for ``recurring`` (required there, ignored otherwise).
+        rng: Generator for ``recurring`` and ``revisit`` (required there, ignored otherwise).
 
     Raises:
         ValueError: on an unknown kind or non-positive sizes, saying which value to change.
@@ -82,6 +107,65 @@ def make_stream(
             choices = [t for t in range(n_tasks) if t != prev] if n_tasks > 1 else [0]
             prev = int(choices[int(rng.integers(len(choices)))])
             schedule[p] = prev
+    elif kind == "revisit":
+        if rng is None:
+            raise ValueError("a revisit stream needs rng (a seeded numpy Generator)")
+        passes = [np.arange(n_tasks)]
+        for _ in range(n_cycles - 1):
+            order = rng.permutation(n_tasks)
+            if n_tasks > 1 and order[0] == passes[-1][-1]:
+                order = np.roll(order, -1)  # no task twice in a row across passes
+            passes.append(order)
+        schedule = np.concatenate(passes)
+    elif (law := parse_recurrence(kind)) is not None:
+        if rng is None:
+            raise ValueError(f"a {kind} stream needs rng (a seeded numpy Generator)")
+        schedule = _stack_distance_schedule(n_tasks, n_cycles, recurrence_weights(*law, n_tasks), rng)
     else:
         raise ValueError(f"unknown schedule {kind!r}; choose one of {SCHEDULES}")
     return TaskStream(schedule.astype(np.int64), int(phase_length), int(n_tasks))
+
+
+def parse_recurrence(kind: str) -> tuple[str, float] | None:
+    """``"zipf"`` -> ``("zipf", 1.0)``, ``"geometric:0.3"`` -> ``("geometric", 0.3)``; ``None``
+    for a schedule that is not a recurrence law. ValueError for a bad parameter."""
+    name, sep, value = kind.partition(":")
+    if name not in RECURRENCE_LAWS:
+        return None
+    try:
+        param = float(value) if sep else RECURRENCE_LAWS[name]
+    except ValueError:
+        raise ValueError(f"{kind!r}: the {name} parameter must be a number, e.g. '{name}:"
+                         f"{RECURRENCE_LAWS[name]}'") from None
+    ok = param >= 0 if name == "zipf" else 0 < param < 1
+    if not (ok and np.isfinite(param)):
+        raise ValueError(f"{kind!r}: zipf needs an exponent s >= 0, geometric a q in (0, 1)")
+    return name, param
+
+
+def recurrence_weights(law: str, param: float, n_tasks: int) -> np.ndarray:
+    """``(max(n_tasks - 1, 1),)`` unnormalised weights of stack distances ``d = 1, 2, ...``."""
+    d = np.arange(1, max(n_tasks - 1, 1) + 1, dtype=np.float64)
+    return d ** -param if law == "zipf" else (1.0 - param) ** (d - 1)
+
+
+def _stack_distance_schedule(n_tasks: int, n_cycles: int, weights: np.ndarray,
+                             rng: np.random.Generator) -> np.ndarray:
+    """``n_tasks * n_cycles`` phases: arrivals in order at phases ``m * n_cycles`` (earlier while
+    fewer than two tasks have been seen), revisits drawn by stack distance with ``weights``."""
+    cum = np.cumsum(weights)
+    schedule = np.empty(n_tasks * n_cycles, dtype=np.int64)
+    stack: list[int] = []  # seen tasks, most recently served first
+    for p in range(len(schedule)):
+        arrives = len(stack) < n_tasks and (p >= len(stack) * n_cycles or len(stack) < 2)
+        if arrives:
+            task = len(stack)
+        elif len(stack) == 1:
+            task = stack.pop(0)  # a single task has nothing else to alternate with
+        else:
+            d = 1 + int(np.searchsorted(cum[: len(stack) - 1], rng.random() * cum[len(stack) - 2],
+                                        side="right"))
+            task = stack.pop(min(d, len(stack) - 1))
+        stack.insert(0, task)
+        schedule[p] = task
+    return schedule

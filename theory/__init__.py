@@ -11,6 +11,8 @@ Pure math and statistics on numpy / pandas arrays. Nothing here imports ``nsr_gy
 * ``theory.capacity``: hits per cycle when the bank holds fewer entries than tasks.
 * ``theory.estimate``: ``Delta_switch``, curve fits, forgetting and truncation from logs.
 * ``theory.verify``: regret slopes, the seed bootstrap, the one-sided verdict.
+* ``theory.fit``: the analytic learner's parameters fitted to logged curves (torch runs).
+* ``theory.protocol``: the whole verification protocol on logged phase records.
 
 See THEORY.md (the shared spec) for the statement; the module docstrings carry the proofs and
 say which readings of the abstract are interpretations.
@@ -26,6 +28,7 @@ from theory.estimate import (
     paired_delta_switch,
     truncation_gap,
 )
+from theory.fit import AnalyticFit, fit_analytic, fit_curve_from_summaries
 from theory.model import (
     ExpCurve,
     bank_experience,
@@ -35,6 +38,7 @@ from theory.model import (
     recovery_time,
     recovery_time_fresh,
 )
+from theory.protocol import Study, analyse_records
 from theory.simulate import (
     FRESH,
     KEEP,
@@ -78,6 +82,7 @@ from theory.verify import (
 )
 
 __all__ = [
+    "AnalyticFit",
     "CACHE_POLICIES",
     "CLOSED_FORM_POLICIES",
     "FRESH",
@@ -91,7 +96,9 @@ __all__ = [
     "Policy",
     "SlopeRatio",
     "StepContext",
+    "Study",
     "Verdict",
+    "analyse_records",
     "bank_experience",
     "bank_experiences",
     "bank_regret_bound_kappa1",
@@ -102,6 +109,8 @@ __all__ = [
     "delta_switch",
     "delta_switch_asymptotic",
     "delta_switch_min",
+    "fit_analytic",
+    "fit_curve_from_summaries",
     "fit_exponential",
     "forgetting_ratio",
     "hits_per_cycle",

@@ -29,20 +29,34 @@ def cmd_run(args: argparse.Namespace) -> int:
     import gymnasium as gym
 
     import nsr_gym
-    from agents import RULE_AGENTS, evaluate
+    from agents import evaluate, make_agent
     from nsr_gym import metrics
-    from nsr_gym.results import command_line, manifest, provenance_line, write_csv, write_json
+    from nsr_gym.results import (atomic_write_text, command_line, manifest, provenance_line,
+                                 write_csv, write_json)
 
     if args.benchmark not in nsr_gym.BENCHMARKS:
         print(f"error: unknown benchmark {args.benchmark!r}; known: {', '.join(nsr_gym.BENCHMARKS)}",
               file=sys.stderr)
         return 2
-    agents = [a.strip() for a in args.agents.split(",") if a.strip()]
-    unknown = [a for a in agents if a not in RULE_AGENTS]
-    if unknown:
-        print(f"error: unknown agent(s) {unknown}; known: {', '.join(sorted(RULE_AGENTS))}", file=sys.stderr)
+    specs = [a.strip() for a in args.agents.split(",") if a.strip()]
+    try:  # a rule's name, or a trained controller ALGO:PATH (agents.specs)
+        built = [make_agent(spec) for spec in specs]
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
         return 2
+    agents = [p.name for p in built]
+    by_name = dict(zip(agents, built, strict=True))
+    spec_of = dict(zip(agents, specs, strict=True))
+    # A trained controller's units are keyed by its weights' checksum: retrained, it reruns.
+    tags = {p.name: "@" + p.weights_sha256[:12] for p in built if getattr(p, "weights_sha256", "")}
     seeds = args.seeds if args.seeds is not None else ([0, 1] if args.quick else list(range(5)))
+    problems = _list_problems("--agents", agents, "similarity,oracle") + \
+        _list_problems("--seeds", seeds, "0,1,2 or a count such as 3")
+    if any(s < 0 for s in seeds):
+        problems.append(f"--seeds must be >= 0 (got {seeds})")
+    if problems:
+        print("error: " + "; ".join(problems), file=sys.stderr)
+        return 2
     env_kwargs: dict = {"backend": args.backend}
     if args.quick:
         env_kwargs.update(n_cycles=2)
@@ -53,31 +67,49 @@ def cmd_run(args: argparse.Namespace) -> int:
     env_id = nsr_gym.env_id(args.benchmark)
     # Make the env once up front so configuration errors surface before any work starts.
     try:
-        gym.make(env_id, **env_kwargs).close()
+        probe = gym.make(env_id, **env_kwargs)
+        n_steps = probe.unwrapped.n_steps
+        probe.close()
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
+        return 2
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"error: cannot write results to {out} ({err}); pass --out DIR, a directory you "
+              "can write", file=sys.stderr)
         return 2
 
     # Finished (agent, seed) units are kept, so an interrupted run resumes where it stopped.
     units_dir = out / ".units" / config_hash({"env": env_id, **env_kwargs})
     def unit_path(agent: str, seed: int) -> Path:
-        return units_dir / f"{agent}__seed{seed}.csv"
+        return units_dir / f"{agent}{tags.get(agent, '')}__seed{seed}.csv"
 
     def skip(agent: str, seed: int) -> pd.DataFrame | None:
-        p = unit_path(agent, seed)
-        return pd.read_csv(p) if p.exists() and not args.no_resume else None
+        return None if args.no_resume else read_unit(unit_path(agent, seed), agent, seed, n_steps)
 
     def save(agent: str, seed: int, log: pd.DataFrame) -> None:
         write_csv(unit_path(agent, seed), log, float_format="%.17g")
 
-    factories = {name: RULE_AGENTS[name] for name in agents}
+    factories = {name: (lambda p=by_name[name]: p) for name in agents}
     t0 = time.perf_counter()
-    steps = evaluate(lambda: gym.make(env_id, **env_kwargs), factories, seeds,
-                     progress=not args.no_progress, on_unit_done=save, skip=skip)
+    if args.executor == "local":
+        steps = evaluate(lambda: gym.make(env_id, **env_kwargs), factories, seeds,
+                         progress=not args.no_progress, on_unit_done=save, skip=skip)
+    else:  # the same units as Ray tasks: same seeds, same logs (tests/test_executors.py)
+        from nsr_gym.executors import Unit, make_executor, run_units
+
+        units = [Unit(a, s, {"env_id": env_id, "env_kwargs": env_kwargs, "spec": spec_of[a]})
+                 for a in agents for s in seeds]
+        with make_executor(args.executor, args.ray_address) as executor:
+            logs = run_units(executor, rollout_unit, units, skip=lambda u: skip(u.agent, u.seed),
+                             on_done=lambda u, log: save(u.agent, u.seed, log),
+                             progress=not args.no_progress, desc="rollouts")
+        steps = pd.concat(logs, ignore_index=True)
     wall = time.perf_counter() - t0
 
     runs = metrics.summarize(steps, reference="oracle" if "oracle" in agents else None)
-    classes = {name: RULE_AGENTS[name]().memory_class for name in agents}
+    classes = {name: by_name[name].memory_class for name in agents}
     board = metrics.leaderboard(runs, classes)
     phases = pd.concat(
         [metrics.phase_table(g).assign(agent=a, seed=s) for (a, s), g in steps.groupby(["agent", "seed"], sort=False)],
@@ -95,7 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
           f"{table}\n\nReturn: mean over seeds with a 95% bootstrap CI. Regret: oracle return minus "
           f"the agent's, same seed. BWT / forgetting: at each task's return (see nsr_gym.metrics). "
           f"Recovery: {metrics.recovery_convention()}. MB = 10^6 bytes of bank tensors.\n")
-    (out / "leaderboard.md").write_text(md)
+    atomic_write_text(out / "leaderboard.md", md)
     write_json(out / "manifest.json", meta)
     print(md)
     print(f"wrote {out}/ in {wall:.1f} s")
@@ -103,10 +135,74 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 
+def _interruptible(command):
+    """Ctrl-C ends a command with a note on resuming instead of a traceback (exit status 130)."""
+    def run(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except KeyboardInterrupt:
+            print("\ninterrupted: finished (agent, seed) units are kept; run the same command "
+                  "again to resume", file=sys.stderr)
+            return 130
+    return run
+
+
+def _list_problems(flag: str, items: list, example: str) -> list[str]:
+    if not items:
+        return [f"{flag} names nothing; pass e.g. {flag} {example}"]
+    twice = sorted({str(i) for i in items if items.count(i) > 1})
+    return [f"{flag} lists {', '.join(twice)} more than once"] if twice else []
+
+
+def read_unit(path: Path, agent: str, seed: int, n_steps: int) -> pd.DataFrame | None:
+    """The stored log of a finished (agent, seed) unit, or ``None`` to run it (again).
+
+    Unit files are written atomically (``results.write_csv``), so a crash leaves either a
+    complete file or none; a file that is still not a complete log (other columns, other unit,
+    fewer than ``n_steps`` rows: written by another version, or cut short by hand) is reported
+    and recomputed, never counted. Floats are read back exactly (``%.17g`` and round-trip parsing).
+    """
+    from agents.evaluation import STEP_COLUMNS
+
+    if not path.is_file():
+        return None
+    try:
+        log = pd.read_csv(path, float_precision="round_trip")
+        problem = ("other columns" if list(log.columns) != STEP_COLUMNS
+                   else f"{len(log)} of {n_steps} steps" if len(log) != n_steps
+                   else "another unit's rows" if not ((log["agent"] == agent).all()
+                                                      and (log["seed"] == seed).all())
+                   else None)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        problem = f"unreadable ({exc})"
+    if problem is None:
+        return log
+    print(f"warning: {path} is not a complete unit log ({problem}); running {agent} seed "
+          f"{seed} again", file=sys.stderr)
+    return None
+
+
+def rollout_unit(unit) -> pd.DataFrame:
+    """One (agent, seed) rollout on a fresh env: the picklable unit of ``--executor ray``."""
+    import gymnasium as gym
+
+    import nsr_gym  # noqa: F401 - registers the envs in a fresh worker
+    from agents import make_agent, rollout
+
+    env = gym.make(unit.setting["env_id"], **unit.setting["env_kwargs"])
+    try:
+        policy = make_agent(unit.setting.get("spec", unit.agent))
+        return rollout(env, policy, unit.seed, agent_name=unit.agent)
+    finally:
+        env.close()
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="compare allocation policies on a benchmark and write results/")
     p.add_argument("--benchmark", default="CyclicSplitDigits", help="benchmark name (see `nsr-gym envs`)")
-    p.add_argument("--agents", default=",".join(DEFAULT_AGENTS), help="comma-separated agent names")
+    p.add_argument("--agents", default=",".join(DEFAULT_AGENTS),
+                   help="comma-separated agent names or trained controllers ALGO:PATH "
+                        "(e.g. maskable-ppo:results/train/run)")
     p.add_argument("--seeds", type=parse_seeds, default=None, help="a count (5) or a list (0,3,7)")
     p.add_argument("--backend", default="torch", choices=["torch", "analytic"])
     p.add_argument("--cycles", type=int, default=None, help="override the number of cycles C")
@@ -114,7 +210,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="2 seeds, 2 cycles, written under results/quick/")
     p.add_argument("--no-resume", action="store_true", help="recompute units already finished")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_run)
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="where (agent, seed) units run: here, or as Ray tasks (same results)")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join ('auto', 'host:6379', 'ray://head:10001'); "
+                        "default: a local Ray instance with 2 CPUs")
+    p.set_defaults(func=_interruptible(cmd_run))
 
     p = sub.add_parser("envs", help="list the registered env ids")
     p.set_defaults(func=cmd_envs)

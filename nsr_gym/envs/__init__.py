@@ -17,8 +17,28 @@ BENCHMARKS: dict[str, dict] = {
     "RecurringSplitDigits": dict(tasks="split_digits", n_tasks=5, schedule="recurring",
                                  phase_length=30, n_cycles=4),
     # ---- Heterogeneous and domain-incremental offline benchmarks (issue 5) -----------------
+    # The 5-Datasets protocol offline: every task once in order, then three passes of revisits
+    # in seeded order. Ten-way tasks get two updates per step.
+    "FiveDomains": dict(tasks="five_domains", n_tasks=5, schedule="revisit",
+                        phase_length=30, n_cycles=4, updates_per_step=2),
+    "PermutedDigits": dict(tasks="permuted_digits", n_tasks=5, schedule="revisit",
+                           phase_length=30, n_cycles=4, updates_per_step=2),
     # ---- Backbones where activation caching matters (issue 6) ------------------------------
+    # Split-Digits on a ViT-tiny-shaped backbone: 16 patches of 2x2 pixels, 12 frozen blocks,
+    # LoRA on the top 2 blocks' qkv/proj/fc1/fc2. The fast torch path caches the activations
+    # entering block 10, so only the adapted blocks run per step (`nsr-gym perf` measures it).
+    # gym.make(..., learner={...}) replaces this learner dict: keep "backbone": "vit" in it.
+    "CyclicSplitDigitsViT": dict(tasks="split_digits", n_tasks=5, schedule="cyclic",
+                                 phase_length=30, n_cycles=4, learner=dict(backbone="vit")),
     # ---- Long horizon: hundreds of tasks (issue 8) -----------------------------------------
+    # 1000 pixel-permutation tasks arriving in order, revisits drawn by a Zipf law over stack
+    # distance (schedule="zipf:1.5", "geometric:0.2", ... for other laws): 3000 phases of 10 steps
+    # of 5 updates (a 10-way permuted task needs ~50 updates to pass 0.6 on the torch backend).
+    # The torch backend caches ~0.6 MB of data and features per task at construction (~1.8 GB
+    # resident at 1000 tasks); pass n_tasks=300 for a lighter torch run.
+    # Pass capacity=100 (and eviction=...) for a capped bank; `nsr-gym study scaling` does.
+    "LongHorizonPermutedDigits": dict(tasks="permuted_digits", n_tasks=1000, schedule="zipf",
+                                      phase_length=10, n_cycles=3, updates_per_step=5),
 }
 
 

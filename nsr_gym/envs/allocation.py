@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, SupportsFloat
 
 import gymnasium as gym
@@ -9,11 +10,12 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
+from nsr_gym import validation
 from nsr_gym.bank import EVICTION_POLICIES, BankEntry, TaskKnowledgeBank
 from nsr_gym.data import make_tasks
 from nsr_gym.learners.analytic import AnalyticConfig, AnalyticLearner
 from nsr_gym.learners.base import Learner
-from nsr_gym.learners.torch_learner import TorchLearner, TorchLearnerConfig
+from nsr_gym.learners.torch_learner import BACKBONE_OPTIONS, TorchLearner, TorchLearnerConfig
 from nsr_gym.streams import SCHEDULES, TaskStream, make_stream
 
 BACKENDS = ("torch", "analytic")
@@ -21,6 +23,76 @@ KEEP = 0
 FRESH = 1
 #: Offset of the first ``LOAD`` action: action ``LOAD_OFFSET + k`` loads bank slot ``k``.
 LOAD_OFFSET = 2
+
+
+class _BankView:
+    """The bank's per-slot arrays as the observation and info show them, kept across steps.
+
+    Built once per bank, then brought up to date by the env's own writes (:meth:`touched` after
+    a load, :meth:`placed` after a reserve) in ``O(1)`` per write instead of ``O(K)``; rebuilt
+    whenever the bank's ``version`` moved in any other way. The similarities are recomputed
+    (one matrix-vector product) when the bank or the probe embedding changed.
+    """
+
+    __slots__ = ("bank", "version", "occupied", "last_used", "usage", "mask", "owner_slot",
+                 "entries", "nbytes", "n_phases", "similarity", "sim_for")
+
+    def __init__(self, bank: TaskKnowledgeBank, n_phases: int) -> None:
+        self.bank, self.version, self.n_phases = bank, bank.version, n_phases
+        occupied = bank.occupied()
+        self.occupied = occupied.astype(np.float32)
+        self.last_used = np.array([0.0 if e is None else e.last_used_step for e in bank.slots],
+                                  dtype=np.float32)
+        self.usage = np.minimum(bank.usages() / n_phases, 1.0).astype(np.float32)
+        self.mask = np.concatenate([[True, True], occupied])
+        self.owner_slot = {e.owner: k for k, e in reversed(list(enumerate(bank.slots)))
+                           if e is not None}  # the lowest slot wins, as slot_of_owner
+        self.entries = int(occupied.sum())
+        self.nbytes = bank.total_bytes
+        self.similarity, self.sim_for = np.zeros(bank.capacity, np.float32), None
+
+    def is_current(self, bank: TaskKnowledgeBank) -> bool:
+        return bank is self.bank and bank.version == self.version
+
+    def similarities(self, embedding: np.ndarray | None) -> np.ndarray:
+        """``bank.similarities(embedding)`` (float32, in [-1, 1]), recomputed only on change."""
+        if embedding is not None and (self.sim_for is None or self.sim_for[0] != self.version
+                                      or self.sim_for[1] is not embedding):
+            self.similarity = self.bank.similarities(embedding)
+            self.sim_for = (self.version, embedding)
+        return self.similarity
+
+    def _catch_up(self, bank: TaskKnowledgeBank) -> bool:
+        """Whether the view was current just before one change of ``bank`` (then follow it)."""
+        if bank is not self.bank or bank.version != self.version + 1:
+            return False
+        self.version = bank.version
+        return True
+
+    def touched(self, bank: TaskKnowledgeBank, slot: int) -> None:
+        """Follow ``bank.touch(slot, ...)``: only usage and last use change."""
+        if self._catch_up(bank):
+            e = bank.slots[slot]
+            self.usage[slot] = min(np.float32(e.usage) / self.n_phases, 1.0)
+            self.last_used[slot] = e.last_used_step
+
+    def placed(self, bank: TaskKnowledgeBank, slot: int, old: BankEntry | None) -> None:
+        """Follow an insert or update that put a new entry in ``slot`` in place of ``old``."""
+        if not self._catch_up(bank):
+            return
+        e = bank.slots[slot]
+        self.occupied[slot], self.mask[2 + slot] = 1.0, True
+        self.last_used[slot] = e.last_used_step
+        self.usage[slot] = min(np.float32(e.usage) / self.n_phases, 1.0)
+        self.nbytes += e.nbytes - (0 if old is None else old.nbytes)
+        self.entries += old is None
+        if old is not None and old.owner != e.owner and self.owner_slot.get(old.owner) == slot:
+            others = [k for k, o in enumerate(bank.slots) if o is not None and o.owner == old.owner]
+            if others:
+                self.owner_slot[old.owner] = others[0]
+            else:
+                del self.owner_slot[old.owner]
+        self.owner_slot[e.owner] = min(slot, self.owner_slot.get(e.owner, slot))
 
 
 class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
@@ -168,10 +240,15 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     @staticmethod
     def _make_learner(backend: str, tasks: str, n_tasks: int, overrides: dict[str, Any]) -> Learner:
         config_cls = TorchLearnerConfig if backend == "torch" else AnalyticConfig
+        if backend != "torch":  # a backbone variant's network options do not apply to the model
+            overrides = {k: v for k, v in overrides.items() if k not in BACKBONE_OPTIONS}
         known = set(config_cls.__dataclass_fields__)
         unknown = sorted(set(overrides) - known)
         if unknown:
             raise ValueError(f"unknown {backend} learner option(s) {unknown}; known: {sorted(known)}")
+        problems = validation.learner_option_problems(backend, overrides)
+        if problems:
+            raise ValueError(f"invalid {backend} learner options: " + "; ".join(problems))
         overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
         if backend == "torch":
             return TorchLearner(make_tasks(tasks, n_tasks), TorchLearnerConfig(**overrides))
@@ -179,15 +256,25 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         return AnalyticLearner(n_tasks, AnalyticConfig(**overrides))
 
     # ------------------------------------------------------------------ observation and info
+    def _view(self) -> _BankView:
+        """The bank's arrays for obs and info (see ``_BankView``), with current similarities."""
+        view = getattr(self, "_bank_view", None)
+        if view is None or not view.is_current(self.bank):
+            view = self._bank_view = _BankView(self.bank, self.n_phases)
+        self._similarity = view.similarities(getattr(self, "_embedding", None))
+        return view
+
     def _get_obs(self) -> dict[str, np.ndarray]:
-        K = self.capacity
-        active = np.zeros(K + 1, dtype=np.float32)
+        view = self._view()
+        active = np.zeros(self.capacity + 1, dtype=np.float32)
         active[0 if self._active_slot is None else 1 + self._active_slot] = 1.0
+        # Fresh arrays every step (callers may keep them); age is the only per-step arithmetic.
+        age = (np.float32(self._t) - view.last_used) * view.occupied / self.n_steps
         return {
-            "similarity": np.clip(self._similarity, -1.0, 1.0).astype(np.float32),
-            "occupied": self.bank.occupied().astype(np.float32),
-            "age": np.minimum(self.bank.ages(self._t) / self.n_steps, 1.0).astype(np.float32),
-            "usage": np.minimum(self.bank.usages() / self.n_phases, 1.0).astype(np.float32),
+            "similarity": self._similarity.copy(),
+            "occupied": view.occupied.copy(),
+            "age": np.minimum(age, 1.0, out=age),
+            "usage": view.usage.copy(),
             "active": active,
             "last_accuracy": np.array([self._last_acc], dtype=np.float32),
             "task_shift": np.array([self._task_shift], dtype=np.float32),
@@ -195,21 +282,21 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
 
     def _get_info(self) -> dict[str, Any]:
         """Flat, numeric, deterministic: ground truth for metrics and the oracle, never for agents."""
+        view = self._view()
         done = self._t >= self.n_steps
         next_task = -1 if done else self._stream.task_at(self._t)
-        next_slot = self.bank.slot_of_owner(next_task) if next_task >= 0 else None
         return {
             "next_task_id": next_task,
-            "next_task_slot": -1 if next_slot is None else next_slot,
+            "next_task_slot": view.owner_slot.get(next_task, -1),
             "next_is_phase_start": int(not done and self._t % self.phase_length == 0),
-            "bank_entries": len(self.bank),
-            "bank_bytes": self.bank.total_bytes,
-            "action_mask": self.action_masks(),
+            "bank_entries": view.entries,
+            "bank_bytes": view.nbytes,
+            "action_mask": view.mask.copy(),
         }
 
     def action_masks(self) -> np.ndarray:
         """``(K + 2,)`` bool: keep and fresh always valid, ``load k`` only for occupied slots."""
-        return np.concatenate([[True, True], self.bank.occupied()])
+        return self._view().mask.copy()
 
     # ------------------------------------------------------------------ reset / step
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -223,12 +310,17 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self._active_slot: int | None = None
         self._last_acc = 0.0
         self._visits = np.zeros(self.n_tasks, dtype=np.int64)
+        if (options or {}).get("bank") is not None:
+            self.bank = self._read_bank(options["bank"])
         self._embedding = self.learner.embed(self._stream.task_at(0))
         self._similarity = self.bank.similarities(self._embedding)
         self._task_shift = 1.0
         return self._get_obs(), self._get_info()
 
     def _parse_action(self, action: Any) -> int:
+        if type(action) is int or isinstance(action, np.integer):  # the common case, cheaply
+            if 0 <= action < self.action_space.n:
+                return int(action)
         arr = np.asarray(action)
         if arr.size != 1 or arr.dtype.kind not in "iuf" or arr.dtype == np.bool_:
             raise ValueError(f"action must be one integer in [0, {self.action_space.n}), got {action!r}")
@@ -264,7 +356,9 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
                 invalid_load = True
             else:
                 self.learner.load(self.bank.get(k).tensors)
+                view = self._view()
                 self.bank.touch(k, self._t)
+                view.touched(self.bank, k)
                 self._active_slot, switched = k, True
         # What the subspace knows of this task before any update: the start of a recovery.
         zero_shot = self.learner.evaluate(task) if (switched or phase_start) else self._last_acc
@@ -288,7 +382,7 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             self._embedding = new_embedding
         else:
             self._task_shift = 0.0
-        self._similarity = self.bank.similarities(self._embedding)
+        # (similarity to the bank is refreshed by _view() when the bank or the probe changed)
 
         info = self._get_info()
         info.update({
@@ -306,6 +400,7 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             "phase_end": int(phase_end),
             "evicted_task": evicted_task,
             "truncation_gap": gap,
+            "reserve_skipped": int(phase_end and self._reserve_skipped),
         })
         if self.render_mode == "ansi":
             self._last_render = self._render_line(a, task, acc, reward)
@@ -313,16 +408,28 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
 
     def _reserve(self, task: int) -> tuple[int, float]:
         """Compress the active subspace and store it under ``task``; returns (evicted task, eps)."""
-        payload, gap = self.learner.snapshot(task)
+        try:
+            payload, gap = self.learner.snapshot(task)
+        except ValueError as err:  # compress_lora refuses NaN/inf factors; anything else is a bug
+            if "finite" not in str(err):
+                raise
+            payload, gap = None, 0.0
+        self._reserve_skipped = payload is None or not validation.payload_is_finite(payload)
+        if self._reserve_skipped:  # a non-finite subspace never reaches the bank
+            return -1, 0.0
         entry = BankEntry(key=self._embedding.copy(), tensors=payload, owner=task, tasks_served=[task])
-        slot = self.bank.slot_of_owner(task)
+        view = self._view()
+        slot = view.owner_slot.get(task)  # bank.slot_of_owner(task), without the slot scan
         evicted_task = -1
         if slot is not None:
+            old = self.bank.slots[slot]
             self.bank.update(slot, entry, self._t)
         else:
-            slot, evicted = self.bank.insert(entry, self._t)
-            if evicted is not None:
-                evicted_task = evicted.owner
+            slot, old = self.bank.insert(entry, self._t)
+            if old is not None:
+                evicted_task = old.owner
+        if slot is not None:
+            view.placed(self.bank, slot, old)
         self._active_slot = slot
         return evicted_task, gap
 
@@ -331,6 +438,42 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         denom = float(np.linalg.norm(old) * np.linalg.norm(new))
         cos = float(old @ new) / denom if denom > 0 else 0.0
         return float(np.clip((1.0 - cos) / 2.0, 0.0, 1.0))
+
+    # ------------------------------------------------------------------ bank files
+    def save_bank(self, path: str | os.PathLike) -> None:
+        """Save the bank atomically (:meth:`TaskKnowledgeBank.save`) with a ``geometry.json``
+        naming the backend, backbone and capacity it was made with, for :meth:`load_bank`."""
+        self.bank.save(path)
+        validation.write_geometry(path, validation.env_geometry(
+            self.backend, self.learner, self.capacity, self.n_tasks))
+
+    def load_bank(self, path: str | os.PathLike) -> None:
+        """Replace the bank by the one saved at ``path``, mid-episode; ``reset(options={"bank":
+        path})`` starts an episode from it instead of an empty bank.
+
+        Raises:
+            BankFormatError: if the files are corrupt, or the bank was made for another backend,
+                backbone, capacity or task set; the message lists each mismatch.
+            ResetNeeded: before the first ``reset``.
+        """
+        if self._stream is None:
+            raise ResetNeeded("call reset() before load_bank(), or start an episode from the "
+                              "bank with reset(options={'bank': path})")
+        self.bank = self._read_bank(path)
+        self._active_slot = None  # the active subspace is not an entry of the new bank
+        self._similarity = self.bank.similarities(self._embedding)
+
+    def _read_bank(self, path: str | os.PathLike) -> TaskKnowledgeBank:
+        bank = TaskKnowledgeBank.load(path)
+        validation.check_bank_fits(bank, path, self.backend, self.learner, self.capacity,
+                                   self.n_tasks)
+        # Steps count from this episode's start: the most recent use becomes "now".
+        latest = max((e.last_used_step for e in bank.slots if e is not None), default=0)
+        for e in bank.slots:
+            if e is not None:
+                e.last_used_step += self._t - latest
+                e.created_step += self._t - latest
+        return bank
 
     # ------------------------------------------------------------------ render / close
     def _render_line(self, action: int, task: int, acc: float, reward: float) -> str:

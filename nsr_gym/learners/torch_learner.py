@@ -1,4 +1,4 @@
-"""The real continual learner: a frozen MLP backbone, LoRA adapters through ``peft``, task heads.
+"""The real continual learner: a frozen backbone, LoRA adapters through ``peft``, task heads.
 
 Where the backbone's weights come from: a seeded Gaussian initialisation (``backbone_seed``,
 scaled by ``1/sqrt(fan_in)``), fixed for the benchmark and frozen. It is a random-features
@@ -16,10 +16,19 @@ Bank payloads hold, per adapted layer, the SVD-compressed factors (``layer{i}.B`
 ``layer{i}.A``: ``(k, in)``, with the LoRA scaling folded in) and the head (``head.weight``,
 ``head.bias``). Loading pads rank ``k < r`` back to ``r`` with zero columns of ``B`` and freshly
 drawn rows of ``A``, which leaves the function unchanged but keeps those directions trainable.
+
+Two paths compute the same learner. ``fast=False`` is the straightforward reference: the ``peft``
+model's forward, ``loss.backward()`` and ``torch.optim.Adam``. ``fast=True`` (the default) runs
+the same arithmetic on the same ``peft`` parameters without ``peft``'s per-call overhead, from
+cached frozen activations, with a flat-buffer Adam (:mod:`nsr_gym.learners.fast`); on the MLP
+backbone the two agree bit for bit, on the ViT to float32 rounding (``tests/test_fast_path.py``).
+Backbones (the default MLP and a ViT-tiny-shaped transformer) live in
+:mod:`nsr_gym.learners.backbones`.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -28,17 +37,36 @@ from torch import nn
 
 from nsr_gym.bank import compress_lora
 from nsr_gym.data import Task
+from nsr_gym.learners.backbones import BACKBONES, build_mlp, build_vit, frozen_prefix, lora_targets
 from nsr_gym.learners.base import Learner, UpdateReport
+from nsr_gym.learners.fast import FastForward, FlatAdam
+
+#: Options that only describe the torch learner's network. The analytic backend ignores them, so
+#: a registered backbone variant (e.g. ``CyclicSplitDigitsViT``) runs on both backends.
+BACKBONE_OPTIONS = ("backbone", "hidden", "vit_patch", "vit_dim", "vit_depth", "vit_heads",
+                    "lora_blocks")
 
 
 @dataclass(frozen=True)
 class TorchLearnerConfig:
     """Settings of the torch backend; the defaults are the registered benchmarks'."""
 
+    backbone: str = "mlp"
+    """``"mlp"`` (``hidden`` widths) or ``"vit"`` (a ViT-tiny-shaped transformer, ``vit_*``)."""
     hidden: tuple[int, ...] = (64, 32)
-    """Widths of the backbone's hidden layers; the last one is the feature dimension."""
+    """MLP: widths of the hidden layers; the last one is the feature dimension."""
+    vit_patch: int = 2
+    """ViT: patch side in pixels (2: an 8x8 digit is 16 tokens of 4 pixels)."""
+    vit_dim: int = 32
+    """ViT: token width, also the feature dimension."""
+    vit_depth: int = 12
+    """ViT: transformer blocks (ViT-Ti's 12)."""
+    vit_heads: int = 2
+    """ViT: attention heads."""
+    lora_blocks: int = 2
+    """ViT: LoRA on ``qkv``, ``proj``, ``fc1``, ``fc2`` of the top ``lora_blocks`` blocks."""
     lora_rank: int = 4
-    """LoRA rank ``r`` on every backbone ``Linear``."""
+    """LoRA rank ``r`` on every adapted ``Linear`` (MLP: all of them)."""
     lora_alpha: float = 4.0
     """LoRA ``alpha``; the update is ``(alpha / r) B A``."""
     lr: float = 5e-3
@@ -59,6 +87,9 @@ class TorchLearnerConfig:
     """Evaluate the compressed subspace at store time to report the truncation gap ``eps``."""
     train_adapters: bool = True
     """``False`` trains the head alone on the frozen features (the "does LoRA matter" control)."""
+    fast: bool = True
+    """Hand-written forward on cached frozen activations and a flat Adam (same function and
+    parameters as ``peft``); ``False`` runs the straightforward ``peft`` path, the reference."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -76,25 +107,25 @@ def resolve_device(device: str) -> torch.device:
 
 
 def build_backbone(input_dim: int, hidden: tuple[int, ...], seed: int) -> nn.Sequential:
-    """The frozen backbone: ``Linear -> ReLU`` blocks with seeded Gaussian weights, zero biases."""
-    gen = torch.Generator().manual_seed(seed)
-    layers: list[nn.Module] = []
-    fan_in = input_dim
-    for width in hidden:
-        lin = nn.Linear(fan_in, width)
-        with torch.no_grad():
-            lin.weight.copy_(torch.randn(lin.weight.shape, generator=gen) / fan_in**0.5)
-            lin.bias.zero_()
-        layers += [lin, nn.ReLU()]
-        fan_in = width
-    backbone = nn.Sequential(*layers)
-    for p in backbone.parameters():
-        p.requires_grad_(False)
-    return backbone
+    """The frozen MLP backbone (see :func:`nsr_gym.learners.backbones.build_mlp`)."""
+    return build_mlp(input_dim, hidden, seed)
+
+
+def make_backbone(input_dim: int, cfg: TorchLearnerConfig) -> tuple[nn.Module, int]:
+    """The frozen backbone ``cfg`` names and its feature dimension."""
+    if cfg.backbone == "mlp":
+        return build_mlp(input_dim, cfg.hidden, cfg.backbone_seed), cfg.hidden[-1]
+    if cfg.backbone == "vit":
+        return build_vit(input_dim, cfg.vit_patch, cfg.vit_dim, cfg.vit_depth, cfg.vit_heads,
+                         cfg.backbone_seed), cfg.vit_dim
+    raise ValueError(f"unknown backbone {cfg.backbone!r}; choose one of {BACKBONES}")
 
 
 class TorchLearner(Learner):
     """Frozen backbone + ``peft`` LoRA + per-subspace head, trained with Adam.
+
+    ``config.fast`` picks the fast path or the ``peft`` reference path (same function, same
+    parameters, same random draws).
 
     Args:
         tasks: The benchmark's tasks; all must share ``input_dim``.
@@ -112,30 +143,45 @@ class TorchLearner(Learner):
         if any(t.input_dim != input_dim for t in tasks):
             raise ValueError("all tasks of a torch learner must share the same input dimension")
         self.n_classes = max(t.n_classes for t in tasks)
-        backbone = build_backbone(input_dim, cfg.hidden, cfg.backbone_seed)
-        targets = [str(i) for i, m in enumerate(backbone) if isinstance(m, nn.Linear)]
+        backbone, feature_dim = make_backbone(input_dim, cfg)
+        targets = lora_targets(backbone, cfg.lora_blocks)
         lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=targets,
                           lora_dropout=0.0, bias="none")
         self.model = get_peft_model(backbone, lora).to(self.device)
         # (A, B, scaling) per adapted layer, in forward order; these Parameters are never replaced.
         self._lora: list[tuple[nn.Parameter, nn.Parameter, float]] = []
+        inner = self.model.base_model.model
         for name in targets:
-            layer = self.model.base_model.model[int(name)]
+            layer = inner.get_submodule(name)
             self._lora.append((layer.lora_A["default"].weight, layer.lora_B["default"].weight,
                                float(layer.scaling["default"])))
-        self.head = nn.Linear(cfg.hidden[-1], self.n_classes).to(self.device)
+        self.head = nn.Linear(feature_dim, self.n_classes).to(self.device)
         params = [p for a, b, _ in self._lora for p in (a, b)] if cfg.train_adapters else []
         params += list(self.head.parameters())
-        self.optimizer = torch.optim.Adam(params, lr=cfg.lr)
+        self.optimizer: torch.optim.Adam | FlatAdam
+        if cfg.fast:
+            self.optimizer = FlatAdam(params, lr=cfg.lr)
+            self._fast = FastForward(inner, frozen_prefix(backbone, cfg.lora_blocks), self.head)
+        else:
+            self.optimizer = torch.optim.Adam(params, lr=cfg.lr)
 
         # Data on the device once; the frozen features of every training input are cached once
         # (under no_grad, not inference_mode, so nothing here is barred from autograd later).
         self._data = [
-            tuple(torch.as_tensor(a, device=self.device) for a in (t.x_train, t.y_train, t.x_test, t.y_test))
+            tuple(torch.as_tensor(a, device=self.device)
+                  for a in (t.x_train, t.y_train, t.x_test, t.y_test))
             for t in tasks
         ]
         with torch.no_grad(), self.model.disable_adapter():
-            feats = [self.model(d[0]) for d in self._data]
+            if cfg.fast:
+                # Frozen activations entering the lowest adapted layer, per task: (train, test);
+                # the frozen features continue from them (the same operations as a full pass).
+                self._cache = [(self._fast.prefix(d[0]), self._fast.prefix(d[2]))
+                               for d in self._data]
+                feats = [self._fast.frozen_features(c[0]) for c in self._cache]
+                self._n_test = [np.float32(len(d[3])) for d in self._data]
+            else:
+                feats = [self.model(d[0]) for d in self._data]
         # Centre by the mean feature of the whole pool: raw ReLU features of different tasks all
         # point the same way (cosine ~0.9); centred ones separate, and the keys stay stable.
         centre = torch.cat(feats).mean(0)
@@ -167,7 +213,14 @@ class TorchLearner(Learner):
             bias = (torch.rand(self.head.bias.shape, generator=self._init_gen) * 2 - 1) * bound
             self.head.weight.copy_(w)
             self.head.bias.copy_(bias)
-        self.optimizer.state.clear()
+        self._reset_optimizer()
+
+    def _reset_optimizer(self) -> None:
+        """A new active subspace: Adam's moments for the old one mean nothing for it."""
+        if isinstance(self.optimizer, FlatAdam):
+            self.optimizer.reset()
+        else:
+            self.optimizer.state.clear()
 
     def _write_factors(self, payload: dict[str, torch.Tensor], pad_random: bool) -> None:
         """Copy stored factors into the LoRA parameters, padding rank ``k < r`` back to ``r``."""
@@ -178,7 +231,8 @@ class TorchLearner(Learner):
                 if k > self._rank or bk.shape[0] != b.shape[0] or ak.shape[1] != a.shape[1]:
                     raise ValueError(
                         f"bank entry layer {i} has factors {tuple(bk.shape)} x {tuple(ak.shape)}, "
-                        f"which do not fit this backbone's LoRA ({tuple(b.shape)} x {tuple(a.shape)})"
+                        "which do not fit this backbone's LoRA "
+                        f"({tuple(b.shape)} x {tuple(a.shape)})"
                     )
                 b.zero_()
                 b[:, :k] = bk.to(self.device) / scaling
@@ -192,7 +246,7 @@ class TorchLearner(Learner):
 
     def load(self, payload: dict[str, torch.Tensor]) -> None:
         self._write_factors(payload, pad_random=True)
-        self.optimizer.state.clear()
+        self._reset_optimizer()
 
     def snapshot(self, task_id: int | None = None) -> tuple[dict[str, torch.Tensor], float]:
         cfg = self.config
@@ -211,7 +265,7 @@ class TorchLearner(Learner):
                 acc_full = self.evaluate(task_id)
                 self._write_factors(payload, pad_random=False)
                 gap = acc_full - self.evaluate(task_id)
-                for (a, b, _), (a0, b0) in zip(self._lora, saved):
+                for (a, b, _), (a0, b0) in zip(self._lora, saved, strict=True):
                     a.copy_(a0)
                     b.copy_(b0)
         return payload, float(gap)
@@ -221,12 +275,15 @@ class TorchLearner(Learner):
         return self.head(self.model(x))
 
     def train(self, task_id: int, n_updates: int) -> UpdateReport:
+        if self.config.fast:
+            return self._train_fast(task_id, n_updates)
         x, y, _, _ = self._data[task_id]
         n_classes = self.tasks[task_id].n_classes
         losses: list[float] = []
         skipped = 0
         for _ in range(n_updates):
-            idx = torch.randint(len(x), (self.config.batch_size,), generator=self._gen).to(self.device)
+            idx = torch.randint(len(x), (self.config.batch_size,), generator=self._gen)
+            idx = idx.to(self.device)
             logits = self._logits(x[idx])[:, :n_classes]
             loss = nn.functional.cross_entropy(logits, y[idx])
             self.optimizer.zero_grad(set_to_none=True)
@@ -244,7 +301,44 @@ class TorchLearner(Learner):
             losses.append(float(loss.detach()))
         return UpdateReport(float(np.mean(losses)) if losses else float("nan"), skipped)
 
+    def _train_fast(self, task_id: int, n_updates: int) -> UpdateReport:
+        """:meth:`train` on the fast path: same batches, same arithmetic, same skips."""
+        cached = self._cache[task_id][0]
+        y = self._data[task_id][1]
+        n_classes = self.tasks[task_id].n_classes
+        opt, params, fast = self.optimizer, self.optimizer.params, self._fast
+        n, shape, gen, device = len(y), (self.config.batch_size,), self._gen, self.device
+        by_hand, grads, adapters = not fast.is_vit, opt.grad_views, self.config.train_adapters
+        losses: list[float] = []
+        skipped = 0
+        for _ in range(n_updates):
+            idx = torch.randint(n, shape, generator=gen).to(device)
+            yb = y.index_select(0, idx)
+            if by_hand:  # the MLP: gradients by hand, equal to autograd's (see FastForward)
+                xb = cached[0].index_select(0, idx)
+                loss = fast.mlp_loss_and_grads(xb, yb, n_classes, grads, adapters)
+            else:
+                batch = [c.index_select(0, idx) for c in cached]
+                loss = nn.functional.cross_entropy(fast.logits(*batch)[:, :n_classes], yb)
+            value = loss.item()
+            if not math.isfinite(value):
+                skipped += 1
+                continue
+            if not opt.step(None if by_hand else torch.autograd.grad(loss, params)):
+                skipped += 1
+                continue
+            losses.append(value)
+        # np.mean of one value is that value; skip its overhead on the common one-update step
+        mean = losses[0] if len(losses) == 1 else float(np.mean(losses)) if losses else float("nan")
+        return UpdateReport(mean, skipped)
+
     def evaluate(self, task_id: int) -> float:
+        if self.config.fast:
+            n_classes = self.tasks[task_id].n_classes
+            pred = self._fast.predict(self._cache[task_id][1], n_classes)
+            correct = int((pred == self._data[task_id][3]).sum())
+            # float32 division, as the reference's float32 mean of 0/1 values
+            return float(np.float32(correct) / self._n_test[task_id])
         _, _, x, y = self._data[task_id]
         n_classes = self.tasks[task_id].n_classes
         with torch.no_grad():
@@ -253,9 +347,26 @@ class TorchLearner(Learner):
 
     def embed(self, task_id: int) -> np.ndarray:
         feats = self._features[task_id]
-        idx = torch.randperm(len(feats), generator=self._gen)[: self.config.probe_size].to(self.device)
+        idx = torch.randperm(len(feats), generator=self._gen)[: self.config.probe_size]
+        idx = idx.to(self.device)
         return feats[idx].mean(0).cpu().numpy().astype(np.float32)
+
+    # Pickling copies each tensor on its own: FlatAdam re-points the parameters into a new flat
+    # buffer as it is restored, and the fast path's aliases of them are rebuilt here.
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_fast", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.config.fast:
+            inner = self.model.base_model.model
+            self._fast = FastForward(inner, frozen_prefix(inner, self.config.lora_blocks),
+                                     self.head)
 
     def close(self) -> None:
         self._data.clear()
         self._features.clear()
+        if self.config.fast:
+            self._cache.clear()

@@ -1,0 +1,251 @@
+"""Executors: run the independent units of a sweep here, one after another, or as Ray tasks.
+
+A sweep (a leaderboard, a study) is a list of :class:`Unit` s, one ``(agent, seed, setting)``
+each, and a *unit function* ``fn(unit) -> result`` (a step log, a dict of metrics). Units share
+nothing: a unit function builds its own env, takes every random draw from ``unit.seed`` and
+returns its result, so where a unit runs never changes what it computes, and every executor
+returns the results in unit order. The executors differ only in where ``fn`` runs:
+
+* :class:`LocalExecutor` (the default): in this process, in order.
+* :class:`RayExecutor`: as Ray tasks (``pip install "nsr-gym[ray]"``), on a local Ray instance
+  started for the sweep (``ray.init(num_cpus=2)``), or on a running cluster when given its
+  address (``"auto"`` on a node of the cluster, ``"ray://<head>:10001"`` through Ray Client).
+
+A unit function must be picklable: a module-level function, or a ``functools.partial`` of one,
+of a module every worker can import (Ray sends functions from installed modules by reference).
+On a cluster every node needs nsr-gym's dependencies; :class:`RayExecutor` ships the
+``nsr_gym``, ``agents`` and ``theory`` packages themselves (``runtime_env`` ``py_modules``) unless
+told otherwise.
+
+Pointing it at a cluster:
+
+1. Start Ray on the machines with the same Python and nsr-gym's dependencies
+   (``pip install "nsr-gym[ray]"``): ``ray start --head --port=6379`` on the head,
+   ``ray start --address=<head>:6379`` on each worker.
+2. Run the sweep with ``--executor ray --ray-address <head>:6379`` from a node of the cluster
+   (or ``--ray-address auto`` there), or ``--ray-address ray://<head>:10001`` from outside it
+   (Ray Client). Units are scheduled one CPU each; the results come back to the driver, which
+   writes the tables as before.
+3. Ray 2.59+ turns on token authentication: the driver needs the cluster's token
+   (``RAY_AUTH_TOKEN``, or ``ray get-auth-token`` on the head), or the whole cluster must be
+   started with ``RAY_AUTH_MODE=disabled`` on a private network.
+
+This module imports nothing above the library core; the CLI and the studies hand it their
+unit functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+#: Executor names, as the ``--executor`` options take them.
+EXECUTORS: tuple[str, ...] = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One independent piece of a sweep.
+
+    Attributes:
+        agent: Policy name (or the name of whatever the unit evaluates).
+        seed: The seed every random draw of the unit comes from.
+        setting: JSON-able configuration (env id and kwargs, a study's parameters).
+    """
+
+    agent: str
+    seed: int
+    setting: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        """A stable file-name-safe id, e.g. ``similarity__seed3__1f2e3d4c5b6a``."""
+        blob = json.dumps(dict(self.setting), sort_keys=True, default=str)
+        return f"{self.agent}__seed{self.seed}__{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+UnitFn = Callable[[Unit], Any]
+OnDone = Callable[[Unit, Any], None]
+
+
+class Executor(Protocol):
+    """Runs a unit function over units; results come back in unit order."""
+
+    name: str
+
+    def map(self, fn: UnitFn, units: Sequence[Unit], on_done: OnDone | None = None,
+            progress: bool = True, desc: str = "units") -> list[Any]:
+        """``[fn(u) for u in units]``, calling ``on_done(unit, result)`` as each one finishes."""
+        ...
+
+    def close(self) -> None:
+        """Release what the executor started."""
+        ...
+
+
+def _bar(total: int, progress: bool, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, disable=not progress, desc=desc, unit="unit")
+
+
+class LocalExecutor:
+    """Runs units in this process, in order."""
+
+    name = "local"
+
+    def map(self, fn: UnitFn, units: Sequence[Unit], on_done: OnDone | None = None,
+            progress: bool = True, desc: str = "units") -> list[Any]:
+        results = []
+        with _bar(len(units), progress, desc) as bar:
+            for unit in units:
+                bar.set_postfix_str(f"{unit.agent} seed={unit.seed}")
+                result = fn(unit)
+                if on_done is not None:
+                    on_done(unit, result)
+                results.append(result)
+                bar.update(1)
+        return results
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> LocalExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _call(fn: UnitFn, unit: Unit) -> Any:
+    """The Ray task body: ``fn`` travels as an argument, so partials and closures work too."""
+    return fn(unit)
+
+
+class RayExecutor:
+    """Runs each unit as a Ray task.
+
+    Args:
+        address: ``None`` starts a private local Ray instance with ``num_cpus`` CPUs (and stops it
+            on :meth:`close`); ``"auto"`` joins the cluster this machine belongs to (or the one
+            ``RAY_ADDRESS`` names); ``"<host>:6379"`` or ``"ray://<head>:10001"`` a given one.
+        num_cpus: CPUs of a local instance (ignored with an address).
+        cpus_per_unit: CPUs Ray reserves per unit (one unit = one single-threaded rollout).
+        ship_code: Send the ``nsr_gym``, ``agents`` and ``theory`` packages to the workers with
+            ``runtime_env={"py_modules": ...}``; default: only when joining a cluster (a local
+            instance imports the installed packages).
+        runtime_env: Extra Ray ``runtime_env`` entries (``pip``, ``env_vars``, ...).
+
+    Raises:
+        ImportError: when Ray is not installed, saying how to install it.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, num_cpus: int = 2, cpus_per_unit: float = 1,
+                 ship_code: bool | None = None, runtime_env: dict[str, Any] | None = None) -> None:
+        try:
+            import ray
+        except ImportError as err:  # pragma: no cover - depends on the environment
+            raise ImportError('the ray executor needs Ray: pip install "nsr-gym[ray]" '
+                              '(or pip install "ray[default]")') from err
+        self._ray = ray
+        self.address, self.cpus_per_unit = address, cpus_per_unit
+        env = dict(runtime_env or {})
+        if ship_code if ship_code is not None else address is not None:
+            import agents
+            import nsr_gym
+            import theory
+
+            # Directories, not module objects: Ray Client (ray://) pickles the runtime_env.
+            env.setdefault("py_modules", [str(Path(m.__file__).parent)
+                                          for m in (nsr_gym, agents, theory)])
+        self._owns = not ray.is_initialized()
+        if self._owns:
+            kwargs: dict[str, Any] = dict(runtime_env=env or None, logging_level=logging.WARNING,
+                                          log_to_driver=False)
+            if address is None:
+                ray.init(address="local", num_cpus=int(num_cpus), include_dashboard=False,
+                         **kwargs)
+            else:
+                ray.init(address=address, **kwargs)
+        self._remote = ray.remote(_call)
+
+    def map(self, fn: UnitFn, units: Sequence[Unit], on_done: OnDone | None = None,
+            progress: bool = True, desc: str = "units") -> list[Any]:
+        ray = self._ray
+        fn_ref = ray.put(fn)
+        task = self._remote.options(num_cpus=self.cpus_per_unit, max_retries=0)
+        refs = [task.remote(fn_ref, unit) for unit in units]
+        index = {ref: i for i, ref in enumerate(refs)}
+        results: list[Any] = [None] * len(units)
+        pending = list(refs)
+        with _bar(len(units), progress, f"{desc} (ray)") as bar:
+            try:
+                while pending:
+                    done, pending = ray.wait(pending, num_returns=1)
+                    for ref in done:
+                        i = index[ref]
+                        results[i] = ray.get(ref)
+                        if on_done is not None:
+                            on_done(units[i], results[i])
+                        bar.update(1)
+            except BaseException:
+                for ref in pending:
+                    ray.cancel(ref, force=True)
+                raise
+        return results
+
+    def close(self) -> None:
+        if self._owns and self._ray.is_initialized():
+            self._ray.shutdown()
+        self._owns = False
+
+    def __enter__(self) -> RayExecutor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def make_executor(name: str = "local", address: str | None = None, **kwargs: Any) -> Executor:
+    """``"local"`` or ``"ray"`` (``address`` and ``kwargs`` go to :class:`RayExecutor`)."""
+    if name == "local":
+        if address is not None:
+            raise ValueError("an address only applies to the ray executor (--executor ray)")
+        return LocalExecutor()
+    if name == "ray":
+        return RayExecutor(address=address, **kwargs)
+    raise ValueError(f"unknown executor {name!r}; choose one of {EXECUTORS}")
+
+
+def run_units(executor: Executor, fn: UnitFn, units: Iterable[Unit],
+              skip: Callable[[Unit], Any | None] | None = None, on_done: OnDone | None = None,
+              progress: bool = True, desc: str = "units") -> list[Any]:
+    """Run ``fn`` over ``units`` on ``executor``, reusing finished ones (resume).
+
+    Args:
+        executor: Where the units run.
+        fn: Picklable unit function.
+        units: The sweep.
+        skip: Returns a stored result of a unit already done, or ``None`` to run it.
+        on_done: Called with ``(unit, result)`` after each unit that ran (checkpointing).
+        progress: Show a progress bar.
+        desc: Label of the progress bar.
+
+    Returns:
+        One result per unit, in unit order.
+    """
+    units = list(units)
+    results: list[Any] = [skip(u) if skip is not None else None for u in units]
+    todo = [i for i, r in enumerate(results) if r is None]
+    fresh = executor.map(fn, [units[i] for i in todo], on_done=on_done, progress=progress,
+                         desc=desc)
+    for i, r in zip(todo, fresh, strict=True):
+        results[i] = r
+    return results

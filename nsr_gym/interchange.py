@@ -1,0 +1,416 @@
+"""Interchange with ``peft``: a torch-backend bank entry as a standard LoRA adapter directory.
+
+:func:`export_adapter` writes one bank entry to a directory that ``peft`` loads as it is::
+
+    path/adapter_config.json        peft's LoraConfig; per-layer ranks through rank_pattern
+    path/adapter_model.safetensors  peft's key naming: base_model.model.{i}.lora_{A,B}.weight
+    path/README.md                  peft's model card
+    path/head.safetensors           the task head (weight, bias) and the entry's key
+    path/nsr_gym.json               format version, backbone geometry, owner, tasks served, the
+                                    sha256 of the three files above and of its own contents
+
+so that, on the same frozen backbone,
+
+    >>> model = PeftModel.from_pretrained(spec.build(), path)          # doctest: +SKIP
+    >>> logits = head(model(x))                                        # doctest: +SKIP
+
+computes what :class:`~nsr_gym.learners.torch_learner.TorchLearner` computes after loading the
+entry (:func:`load_peft_model` returns both parts). Each layer is written at its compressed rank
+``k`` with ``lora_alpha = k``, so peft's scaling is 1 and the stored factors (scaling folded in)
+are written bit for bit. :func:`import_adapter` reads such a directory, or any peft LoRA adapter
+for the same backbone, back as a :class:`~nsr_gym.bank.BankEntry`; a file that is corrupt, for
+another backbone or not a plain LoRA raises :class:`~nsr_gym.bank.BankFormatError`. Nothing here
+unpickles: tensors go through ``safetensors``, metadata through JSON.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from nsr_gym.bank import BankEntry, BankFormatError, compress_lora
+from nsr_gym.learners.torch_learner import TorchLearner, build_backbone
+
+ADAPTER_FORMAT_VERSION: int = 1
+
+_CONFIG = "adapter_config.json"
+_WEIGHTS = "adapter_model.safetensors"
+_HEAD = "head.safetensors"
+_META = "nsr_gym.json"
+_PEFT_PREFIX = "base_model.model."
+_CHECKED = (_CONFIG, _WEIGHTS, _HEAD)  # files whose sha256 nsr_gym.json records
+_META_SHA = "meta_sha256"
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """The frozen backbone an adapter belongs to (see ``build_backbone``).
+
+    Attributes:
+        input_dim: Input features.
+        hidden: Widths of the hidden ``Linear`` layers; the last one is the feature dimension.
+        backbone_seed: Seed of the frozen Gaussian weights.
+    """
+
+    input_dim: int = 64
+    hidden: tuple[int, ...] = (64, 32)
+    backbone_seed: int = 0
+
+    @classmethod
+    def of(cls, learner: TorchLearner) -> BackboneSpec:
+        """The backbone of a torch learner (the MLP backbone; others are not supported yet)."""
+        cfg = learner.config
+        if getattr(cfg, "backbone", "mlp") != "mlp":
+            raise ValueError(f"peft interchange supports the MLP backbone, not {cfg.backbone!r}")
+        return cls(learner.tasks[0].input_dim, tuple(cfg.hidden), cfg.backbone_seed)
+
+    def build(self) -> nn.Sequential:
+        """A fresh copy of the frozen backbone (bit-identical to the learner's)."""
+        return build_backbone(self.input_dim, tuple(self.hidden), self.backbone_seed)
+
+    @property
+    def targets(self) -> list[str]:
+        """peft names of the adapted ``Linear`` layers, in forward order: ``"0"``, ``"2"``..."""
+        return [str(2 * i) for i in range(len(self.hidden))]
+
+    @property
+    def layer_shapes(self) -> list[tuple[int, int]]:
+        """``(out, in)`` of each adapted layer."""
+        dims = [self.input_dim, *self.hidden]
+        return [(dims[i + 1], dims[i]) for i in range(len(self.hidden))]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "hidden": list(self.hidden)}
+
+
+# ----------------------------------------------------------------------------- export
+
+
+def export_adapter(entry: BankEntry | Mapping[str, torch.Tensor], path: str | os.PathLike,
+                   spec: BackboneSpec) -> Path:
+    """Write a torch-backend bank entry (or its payload) as a peft adapter directory.
+
+    The directory is written in a temporary sibling and renamed into place, so an interrupted
+    export leaves no half-written adapter. An existing adapter directory at ``path`` is replaced;
+    any other existing file or non-empty directory is left alone (``FileExistsError``).
+
+    Args:
+        entry: A :class:`BankEntry` of the torch backend, or its ``tensors`` dict: ``layer{i}.B``
+            ``(out_i, k_i)`` with the LoRA scaling folded in, ``layer{i}.A`` ``(k_i, in_i)``,
+            ``head.weight`` ``(c, hidden[-1])``, ``head.bias`` ``(c,)``.
+        path: Target directory.
+        spec: The backbone the entry was trained on.
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Raises:
+        ValueError: when the payload does not fit ``spec`` or holds NaN/inf.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    tensors = entry.tensors if isinstance(entry, BankEntry) else dict(entry)
+    factors, head = _check_payload(tensors, spec)
+    ranks = {name: int(a.shape[0]) for name, (_, a) in zip(spec.targets, factors)}
+    config = LoraConfig(r=max(ranks.values()), lora_alpha=max(ranks.values()),
+                        rank_pattern=ranks, alpha_pattern=dict(ranks), target_modules=spec.targets,
+                        lora_dropout=0.0, bias="none")
+    model = get_peft_model(spec.build(), config)
+    with torch.no_grad():
+        for name, (b, a) in zip(spec.targets, factors):
+            layer = model.base_model.model[int(name)]
+            if float(layer.scaling["default"]) != 1.0:  # alpha = r per layer: peft adds nothing
+                raise RuntimeError(f"peft gave layer {name} scaling {layer.scaling['default']}")
+            layer.lora_A["default"].weight.copy_(a)
+            layer.lora_B["default"].weight.copy_(b)
+
+    extra: dict[str, torch.Tensor] = {"weight": head[0], "bias": head[1]}
+    meta: dict[str, Any] = {"format": "nsr_gym-peft-adapter",
+                            "format_version": ADAPTER_FORMAT_VERSION, "backbone": spec.as_dict()}
+    if isinstance(entry, BankEntry):
+        extra["key"] = torch.from_numpy(np.asarray(entry.key, dtype=np.float32).copy())
+        meta.update(owner=int(entry.owner), tasks_served=[int(i) for i in entry.tasks_served])
+
+    root = Path(path)
+    if root.exists() and not (root.is_dir() and (not any(root.iterdir())
+                                                 or (root / _CONFIG).is_file())):
+        raise FileExistsError(f"{root} exists and is not an adapter directory; choose another path")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    try:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        save_file({n: t.contiguous().clone() for n, t in extra.items()}, str(tmp / _HEAD),
+                  metadata={"format": "pt"})
+        meta["sha256"] = {f: _sha256(tmp / f) for f in _CHECKED}
+        meta[_META_SHA] = _json_sha256(meta)
+        (tmp / _META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
+        _replace_dir(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+def _check_payload(tensors: Mapping[str, torch.Tensor], spec: BackboneSpec
+                   ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], tuple[torch.Tensor, ...]]:
+    n = len(spec.hidden)
+    expected = {f"layer{i}.{p}" for i in range(n) for p in "AB"} | {"head.weight", "head.bias"}
+    if set(tensors) != expected:
+        raise ValueError(f"not a torch-backend payload for a {n}-layer backbone: expected tensors "
+                         f"{sorted(expected)}, got {sorted(tensors)}")
+    get = {k: torch.as_tensor(v).detach().cpu().to(torch.float32) for k, v in tensors.items()}
+    for k, t in get.items():
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"payload tensor {k!r} holds NaN or inf; it cannot be exported")
+    factors = []
+    for i, (out, inp) in enumerate(spec.layer_shapes):
+        b, a = get[f"layer{i}.B"], get[f"layer{i}.A"]
+        if b.ndim != 2 or a.ndim != 2 or b.shape[0] != out or a.shape[1] != inp \
+                or b.shape[1] != a.shape[0] or a.shape[0] < 1:
+            raise ValueError(f"layer {i} factors {tuple(b.shape)} x {tuple(a.shape)} do not fit "
+                             f"the backbone's Linear({inp}, {out}) of {spec}")
+        factors.append((b, a))
+    w, bias = get["head.weight"], get["head.bias"]
+    if w.ndim != 2 or w.shape[1] != spec.hidden[-1] or bias.shape != (w.shape[0],):
+        raise ValueError(f"head {tuple(w.shape)} + {tuple(bias.shape)} does not fit features of "
+                         f"width {spec.hidden[-1]}")
+    return factors, (w, bias)
+
+
+# ----------------------------------------------------------------------------- import
+
+
+def import_adapter(path: str | os.PathLike, spec: BackboneSpec, *,
+                   key: np.ndarray | None = None, owner: int | None = None,
+                   head: tuple[torch.Tensor, torch.Tensor] | None = None,
+                   max_rank: int | None = None) -> BankEntry:
+    """Read a peft LoRA adapter directory for ``spec``'s backbone as a bank entry.
+
+    Reads what :func:`export_adapter` writes, and any plain peft LoRA adapter (safetensors) whose
+    targets are ``Linear`` layers of the backbone; untargeted layers get a zero update.
+
+    Args:
+        path: The adapter directory.
+        spec: The backbone the adapter must fit.
+        key: Task embedding ``(hidden[-1],)``; default: the one stored by :func:`export_adapter`.
+            For another tool's adapter compute it with ``TorchLearner.embed(task_id)``.
+        owner: Task id to store the entry under; default: the stored one, else ``-1`` (no task).
+        head: ``(weight, bias)`` of the task head; default: ``head.safetensors``.
+        max_rank: Compress layers of rank above it to it (SVD, best rank-``max_rank``
+            approximation); use the learner's ``lora_rank`` for adapters trained at a higher rank.
+
+    Returns:
+        A :class:`BankEntry` with the payload of the torch backend (LoRA scaling folded into ``B``).
+
+    Raises:
+        BankFormatError: naming the file and the problem: missing or corrupt files, checksum
+            mismatch, another backbone, not a plain LoRA, NaN/inf, or no key/head to be had.
+    """
+    from peft import PeftModel
+
+    root = Path(path)
+    cpath, wpath, hpath, mpath = (root / f for f in (_CONFIG, _WEIGHTS, _HEAD, _META))
+    if not cpath.is_file():
+        raise _fail(cpath, "no adapter_config.json: not a peft adapter directory. Check the path")
+    if not wpath.is_file():
+        bins = " (found adapter_model.bin: convert it to safetensors; pickle files are not "\
+               "loaded)" if (root / "adapter_model.bin").exists() else ""
+        raise _fail(wpath, "adapter weights are missing" + bins)
+    meta = _read_meta(mpath, spec) if mpath.is_file() else {}
+    for name, want in meta.get("sha256", {}).items():
+        if not (root / name).is_file() or _sha256(root / name) != want:
+            raise _fail(root / name, "missing, or its sha256 differs from nsr_gym.json's: "
+                        "truncated or modified. Export the entry again")
+    _read_config(cpath)
+    present = _check_weight_file(wpath, spec)
+
+    try:
+        model = PeftModel.from_pretrained(spec.build(), str(root))
+    except Exception as exc:  # peft/torch raise several types for a bad config or state dict
+        raise _fail(root, f"peft could not load it onto {spec} ({exc})") from exc
+    payload: dict[str, torch.Tensor] = {}
+    with torch.no_grad():
+        for i, (name, (out, inp)) in enumerate(zip(spec.targets, spec.layer_shapes)):
+            layer = model.base_model.model[int(name)]
+            if name not in present:  # not targeted, or no weights stored: no update
+                b, a = torch.zeros(out, 1), torch.zeros(1, inp)
+            else:
+                scaling = float(layer.scaling["default"])
+                b = layer.lora_B["default"].weight.detach().to(torch.float32) * scaling
+                a = layer.lora_A["default"].weight.detach().to(torch.float32)
+                if max_rank is not None and a.shape[0] > max_rank:
+                    b, a = compress_lora(b, a, rank=max_rank)
+            payload[f"layer{i}.B"] = b.contiguous().clone()
+            payload[f"layer{i}.A"] = a.contiguous().clone()
+
+    stored = _read_head_file(hpath) if hpath.is_file() else {}
+    if head is None:
+        if "weight" not in stored or "bias" not in stored:
+            raise _fail(hpath, "no task head: pass head=(weight, bias)")
+        head = (stored["weight"], stored["bias"])
+    payload["head.weight"], payload["head.bias"] = (torch.as_tensor(t).detach().to(torch.float32)
+                                                    .contiguous().clone() for t in head)
+    if key is None:
+        if "key" not in stored:
+            raise _fail(hpath, "no task embedding stored: pass key=learner.embed(task_id)")
+        key = stored["key"].numpy()
+    key = np.asarray(key, dtype=np.float32).copy()
+    if key.shape != (spec.hidden[-1],):
+        raise _fail(root, f"key has shape {key.shape}; the backbone's features are "
+                    f"({spec.hidden[-1]},)")
+    try:
+        _check_payload(payload, spec)
+    except ValueError as exc:
+        raise _fail(root, str(exc)) from exc
+    if not np.isfinite(key).all():
+        raise _fail(root, "key holds NaN or inf")
+    owner = int(meta.get("owner", -1) if owner is None else owner)
+    tasks = [int(t) for t in meta.get("tasks_served", [])] or ([owner] if owner >= 0 else [])
+    return BankEntry(key=key, tensors=payload, owner=owner, tasks_served=tasks)
+
+
+def load_peft_model(path: str | os.PathLike, spec: BackboneSpec) -> tuple[nn.Module, nn.Linear]:
+    """``(PeftModel.from_pretrained(spec.build(), path), head)``: ``head(model(x))`` are the
+    logits of the exported entry."""
+    from peft import PeftModel
+
+    stored = _read_head_file(Path(path) / _HEAD)
+    weight, bias = stored["weight"], stored["bias"]
+    head = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.copy_(bias)
+    return PeftModel.from_pretrained(spec.build(), str(path)), head
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _fail(file: Path, problem: str) -> BankFormatError:
+    return BankFormatError(f"{file}: {problem}")
+
+
+def _read_json(p: Path) -> dict[str, Any]:
+    try:
+        obj = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _fail(p, f"not valid JSON ({exc})") from exc
+    if not isinstance(obj, dict):
+        raise _fail(p, f"expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _read_meta(mpath: Path, spec: BackboneSpec) -> dict[str, Any]:
+    meta = _read_json(mpath)
+    version = meta.get("format_version")
+    if type(version) is not int or version != ADAPTER_FORMAT_VERSION:
+        raise _fail(mpath, f"unknown format_version {version!r} (this nsr_gym reads "
+                    f"{ADAPTER_FORMAT_VERSION}); export the entry again with this version")
+    if meta.get("backbone") != spec.as_dict():
+        raise _fail(mpath, f"exported for backbone {meta.get('backbone')}, not {spec.as_dict()}; "
+                    "load it with the learner settings (hidden, backbone_seed) it was trained with")
+    owner, tasks, sums = meta.get("owner", -1), meta.get("tasks_served", []), meta.get("sha256")
+    if type(owner) is not int or not isinstance(tasks, list) or \
+            not all(type(t) is int for t in tasks) or not isinstance(sums, dict) or \
+            sorted(sums) != sorted(_CHECKED) or not all(isinstance(v, str) for v in sums.values()):
+        raise _fail(mpath, "owner, tasks_served or sha256 is malformed. Export the entry again")
+    # Last, so the checks above name the specific problem when there is one.
+    if meta.get(_META_SHA) != _json_sha256(meta):
+        raise _fail(mpath, "its contents do not match its meta_sha256: modified or corrupted. "
+                    "Export the entry again")
+    return meta
+
+
+def _read_config(cpath: Path) -> None:
+    config = _read_json(cpath)
+    problems = []
+    if config.get("peft_type") != "LORA":
+        problems.append(f"peft_type is {config.get('peft_type')!r}, not 'LORA'")
+    for flag in ("use_dora", "fan_in_fan_out"):
+        if config.get(flag):
+            problems.append(f"{flag}=true is not a plain LoRA")
+    if config.get("bias", "none") != "none":
+        problems.append(f"bias={config.get('bias')!r} trains backbone biases (need 'none')")
+    if config.get("modules_to_save"):
+        problems.append(f"modules_to_save={config['modules_to_save']} replaces backbone modules")
+    if problems:
+        raise _fail(cpath, "; ".join(problems) + ". Only plain LoRA adapters on the backbone's "
+                    "Linear layers can become bank entries")
+
+
+def _check_weight_file(wpath: Path, spec: BackboneSpec) -> set[str]:
+    """Every tensor must be a lora_A/lora_B of an adapted layer, with the backbone's shapes;
+    returns the names of the layers that have both."""
+    try:
+        with safe_open(str(wpath), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own types for malformed files
+        raise _fail(wpath, f"could not be parsed ({exc})") from exc
+    layers = dict(zip(spec.targets, spec.layer_shapes))
+    ranks: dict[str, dict[str, int]] = {}
+    for k, shape in shapes.items():
+        parts = k.removeprefix(_PEFT_PREFIX).split(".")
+        if not k.startswith(_PEFT_PREFIX) or len(parts) != 3 or parts[0] not in layers \
+                or parts[1] not in ("lora_A", "lora_B") or parts[2] != "weight" or len(shape) != 2:
+            raise _fail(wpath, f"tensor {k!r} {shape} is not a LoRA factor of this backbone's "
+                        f"Linear layers {spec.targets}")
+        out, inp = layers[parts[0]]
+        rank, fixed, want = (shape[0], shape[1], inp) if parts[1] == "lora_A" else \
+            (shape[1], shape[0], out)
+        if fixed != want or rank < 1:
+            raise _fail(wpath, f"{k!r} has shape {shape}, which does not fit the backbone's "
+                        f"Linear({inp}, {out}) of {spec}")
+        ranks.setdefault(parts[0], {})[parts[1]] = rank
+    for name, r in ranks.items():
+        if len(r) != 2 or r["lora_A"] != r["lora_B"]:
+            raise _fail(wpath, f"layer {name} needs lora_A and lora_B of one rank, got {r}")
+    return set(ranks)
+
+
+def _read_head_file(hpath: Path) -> dict[str, torch.Tensor]:
+    try:
+        stored = load_file(str(hpath))
+    except Exception as exc:  # safetensors raises its own types for malformed files
+        raise _fail(hpath, f"could not be parsed ({exc})") from exc
+    for name, t in stored.items():
+        if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
+            raise _fail(hpath, f"tensor {name!r} is not a finite float tensor")
+    return stored
+
+
+def _sha256(p: Path) -> str:
+    return hashlib.sha256(p.read_bytes()).hexdigest()
+
+
+def _json_sha256(meta: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of ``meta`` without its own checksum field."""
+    body = {k: v for k, v in meta.items() if k != _META_SHA}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _replace_dir(tmp: Path, root: Path) -> None:
+    """Move ``tmp`` to ``root``; a previous ``root`` is moved aside first, deleted only after."""
+    if not root.exists():
+        os.replace(tmp, root)
+        return
+    old = root.parent / f".{root.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    os.replace(root, old)
+    try:
+        os.replace(tmp, root)
+    except BaseException:
+        os.replace(old, root)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,283 @@
+"""Speed measurements of the hot paths, as tables: what ``nsr-gym perf`` writes to results/perf/.
+
+Every figure is a median over repeats, taken both in wall-clock time and in this process's CPU
+time (``time.process_time``): on a shared machine other jobs stretch the wall clock, while the
+CPU time is what the work itself costs. ``nsr-gym perf`` runs torch and numpy's BLAS on one
+thread (as the tests do), so the two agree on an idle machine. Sections:
+
+* :func:`env_throughput`: env steps per second through ``gymnasium.make`` (wrappers included),
+  fast torch path against the ``peft`` reference path, and the analytic backend;
+* :func:`compression`: :func:`~nsr_gym.bank.compress_lora` (QR + small SVD) against a dense SVD
+  of ``B @ A`` at ``d x d``, for a range of LoRA ranks, with the reconstruction difference;
+* :func:`recall_latency`: exact top-1 recall over ``n`` stored keys (one query at a time);
+* :func:`batched_throughput`: the numpy-vectorised analytic sweep engine
+  (:func:`~nsr_gym.envs.batched.simulate_analytic`), steps per second against the batch size;
+* :func:`bytes_per_task` and :func:`rank_scaling`: what a bank entry weighs and how step cost
+  and entry size grow with the LoRA rank; :func:`task_scaling`: how step cost grows with the
+  number of tasks the bank holds.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+@dataclass
+class Timing:
+    """Medians over repeats of one measurement: seconds per call, wall clock and CPU."""
+
+    wall_s: float
+    cpu_s: float
+    repeats: int
+
+
+def measure(fn: Callable[[], object], repeats: int = 5, number: int = 1, warmup: int = 1) -> Timing:
+    """Median seconds per call of ``fn`` over ``repeats`` runs of ``number`` calls each."""
+    for _ in range(warmup):
+        fn()
+    walls, cpus = [], []
+    for _ in range(repeats):
+        w0, c0 = time.perf_counter(), time.process_time()
+        for _ in range(number):
+            fn()
+        walls.append((time.perf_counter() - w0) / number)
+        cpus.append((time.process_time() - c0) / number)
+    return Timing(float(np.median(walls)), float(np.median(cpus)), repeats)
+
+
+def machine_load() -> float:
+    """The 1-minute load average (``nan`` where the OS does not report one)."""
+    try:
+        return float(os.getloadavg()[0])
+    except OSError:
+        return float("nan")
+
+
+# ----------------------------------------------------------------------------- env throughput
+
+
+def _rollout(env, n_steps: int, actions: Sequence[int], seed: int) -> None:
+    """``n_steps`` env steps from a precomputed action stream (an invalid load becomes keep), so
+    the policy costs nothing and what is timed is the env."""
+    _, info = env.reset(seed=seed)
+    for i in range(n_steps):
+        a = actions[i % len(actions)]
+        if not info["action_mask"][a]:
+            a = 0
+        _, _, terminated, truncated, info = env.step(a)
+        if terminated or truncated:
+            _, info = env.reset(seed=seed + i + 1)
+
+
+def env_steps_per_second(benchmark: str, backend: str, learner: dict | None = None,
+                         n_steps: int = 600, repeats: int = 5, switch_p: float = 0.1,
+                         seed: int = 0, **env_kwargs) -> Timing:
+    """Seconds per env step of ``gymnasium.make(benchmark id, backend=..., learner=...)``.
+
+    The action stream keeps the active subspace with probability ``1 - switch_p`` and otherwise
+    picks fresh or a load uniformly (invalid loads keep), so loads, zero-shot evaluations and
+    phase-end compressions are all in the mix, as under a learning policy.
+    """
+    import gymnasium as gym
+
+    import nsr_gym
+
+    kwargs = dict(env_kwargs, backend=backend)
+    if learner is not None:
+        kwargs["learner"] = learner
+    env = gym.make(nsr_gym.env_id(benchmark), **kwargs)
+    n_actions = int(env.action_space.n)
+    rng = np.random.default_rng(seed)
+    actions = np.where(rng.random(4096) < switch_p, rng.integers(1, n_actions, 4096), 0).tolist()
+    timing = measure(lambda: _rollout(env, n_steps, actions, seed), repeats=repeats, warmup=1)
+    env.close()
+    return Timing(timing.wall_s / n_steps, timing.cpu_s / n_steps, repeats)
+
+
+def env_throughput(cases: Sequence[tuple[str, str, str, dict | None]], n_steps: dict[str, int],
+                   repeats: int = 5, device: str = "cpu") -> pd.DataFrame:
+    """One row per ``(label, benchmark, backend, learner options)`` case: steps per second.
+
+    ``n_steps[benchmark]`` sets the steps per repeat. Torch cases get ``device``.
+    """
+    rows = []
+    for label, benchmark, backend, learner in cases:
+        if backend == "torch":
+            learner = {**(learner or {}), "device": device}
+        t = env_steps_per_second(benchmark, backend, learner, n_steps=n_steps[benchmark],
+                                 repeats=repeats)
+        rows.append({"benchmark": benchmark, "path": label, "backend": backend,
+                     "device": device if backend == "torch" else "cpu",
+                     "steps_per_s_wall": 1.0 / t.wall_s, "steps_per_s_cpu": 1.0 / t.cpu_s,
+                     "us_per_step_cpu": 1e6 * t.cpu_s, "steps_per_repeat": n_steps[benchmark],
+                     "repeats": repeats, "load_avg": machine_load()})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- compression
+
+
+def compression(d: int = 768, ranks: Sequence[int] = (4, 8, 16, 32, 64), repeats: int = 5,
+                dense_repeats: int = 3, seed: int = 0) -> pd.DataFrame:
+    """``compress_lora`` against a dense SVD of ``dW = B @ A`` (``d x d``), truncating a rank-``r``
+    LoRA to its top ``r / 2`` directions; one row per rank.
+
+    The dense route forms ``dW`` in float32 and runs ``torch.linalg.svd`` (the cheaper of the
+    dense baselines); ``max_rel_diff`` is ``max |B_k A_k - dense_k| / max |dense_k|``.
+    """
+    from nsr_gym.bank import compress_lora, dense_truncated_svd
+
+    gen = torch.Generator().manual_seed(seed)
+    rows = []
+    for r in ranks:
+        B = torch.randn(d, r, generator=gen) / r**0.5
+        A = torch.randn(r, d, generator=gen) / d**0.5
+        k = max(1, r // 2)
+        fast = measure(lambda B=B, A=A, k=k: compress_lora(B, A, rank=k), repeats=repeats)
+        dense = measure(lambda B=B, A=A, k=k: dense_truncated_svd(B @ A, k), repeats=dense_repeats)
+        b_k, a_k = compress_lora(B, A, rank=k)
+        ref = dense_truncated_svd(B @ A, k)
+        diff = float((b_k @ a_k - ref).abs().max() / ref.abs().max())
+        rows.append({"d": d, "lora_rank": r, "kept_rank": k,
+                     "qr_svd_ms": 1e3 * fast.cpu_s, "dense_svd_ms": 1e3 * dense.cpu_s,
+                     "speedup_cpu": dense.cpu_s / fast.cpu_s,
+                     "qr_svd_ms_wall": 1e3 * fast.wall_s, "dense_svd_ms_wall": 1e3 * dense.wall_s,
+                     "speedup_wall": dense.wall_s / fast.wall_s, "max_rel_diff": diff})
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- recall
+
+
+def build_bank(n: int, d: int, seed: int = 0):
+    """A bank of ``n`` entries with Gaussian keys of length ``d`` and empty payloads."""
+    from nsr_gym.bank import BankEntry, TaskKnowledgeBank
+
+    keys = np.random.default_rng(seed).standard_normal((n, d), dtype=np.float32)
+    bank = TaskKnowledgeBank(n, d)
+    bank.insert_many([BankEntry(keys[i], {}, owner=i, tasks_served=[i]) for i in range(n)], 0)
+    return bank
+
+
+def _cycling(recall: Callable, queries: np.ndarray) -> Callable[[], object]:
+    """A call of ``recall(query, top_k=1)`` on the next of ``queries`` each time."""
+    state = {"i": 0}
+
+    def call() -> object:
+        state["i"] += 1
+        return recall(queries[state["i"] % len(queries)], top_k=1)
+
+    return call
+
+
+def recall_latency(sizes: Sequence[int] = (10**3, 10**4, 10**5, 10**6), d: int = 32,
+                   queries: int = 20, seed: int = 1) -> pd.DataFrame:
+    """Exact top-1 :meth:`~nsr_gym.bank.TaskKnowledgeBank.recall` latency (one query per call,
+    no batching, no index) over banks of ``sizes`` entries; median over ``queries`` queries."""
+    rows = []
+    qs = np.random.default_rng(seed).standard_normal((queries, d), dtype=np.float32)
+    for n in sizes:
+        t0 = time.perf_counter()
+        bank = build_bank(n, d)
+        build_s = time.perf_counter() - t0
+        t = measure(_cycling(bank.recall, qs), repeats=queries)
+        # the answer is the exact argmax of the cosines
+        q = qs[0]
+        ref = int(np.argmax(bank._keys @ (q / np.linalg.norm(q))))
+        assert bank.recall(q, top_k=1)[0][0] == ref
+        rows.append({"keys": n, "key_dim": d, "mode": "exact, single query",
+                     "recall_ms": 1e3 * t.cpu_s, "recall_ms_wall": 1e3 * t.wall_s,
+                     "key_matrix_mb": bank._keys.nbytes / 1e6, "build_s": build_s})
+        bank = None  # free the keys before building the next size
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- sizes and scaling
+
+
+def _trained_payload(benchmark_learner: dict, n_updates: int = 30, seed: int = 0):
+    from nsr_gym.data import split_digits
+    from nsr_gym.learners.torch_learner import TorchLearner, TorchLearnerConfig
+
+    learner = TorchLearner(split_digits(5), TorchLearnerConfig(**benchmark_learner))
+    learner.reset(np.random.default_rng(seed))
+    learner.train(0, n_updates)
+    return learner, learner.snapshot(0)[0]
+
+
+def bytes_per_task(ranks: Sequence[int] = (2, 4, 8, 16),
+                   backbones: Sequence[str] = ("mlp", "vit")) -> pd.DataFrame:
+    """Bytes of one bank entry (compressed factors + head + key) after 30 updates on a task, for
+    each backbone and LoRA rank, at the default 99% energy and with no truncation."""
+    rows = []
+    for backbone in backbones:
+        for r in ranks:
+            for energy in (0.99, None):
+                cfg = {"backbone": backbone, "lora_rank": r, "lora_alpha": float(r),
+                       "compression_energy": energy, "measure_truncation": False}
+                learner, payload = _trained_payload(cfg)
+                tensor_bytes = sum(t.numel() * t.element_size() for t in payload.values())
+                dense = sum(b.shape[0] * a.shape[1] * 4 for a, b, _ in learner._lora)
+                kept = [int(payload[f"layer{i}.A"].shape[0]) for i in range(len(learner._lora))]
+                rows.append({"backbone": backbone, "lora_rank": r,
+                             "energy": "none" if energy is None else energy,
+                             "adapted_layers": len(learner._lora),
+                             "kept_ranks": "/".join(map(str, kept)),
+                             "entry_bytes": tensor_bytes + 4 * learner.key_dim,
+                             "dense_delta_bytes": dense})
+    return pd.DataFrame(rows)
+
+
+def rank_scaling(ranks: Sequence[int] = (2, 4, 8, 16, 32), n_updates: int = 300,
+                 repeats: int = 5) -> pd.DataFrame:
+    """Fast-path cost of one train update + one evaluation on the MLP, and of a phase-end
+    snapshot (compression), against the LoRA rank."""
+    rows = []
+    for r in ranks:
+        learner, _ = _trained_payload({"lora_rank": r, "lora_alpha": float(r)}, n_updates=1)
+        step = measure(lambda lr=learner: (lr.train(0, 1), lr.evaluate(0)), repeats=repeats,
+                       number=n_updates)
+        snap = measure(lambda lr=learner: lr.snapshot(0), repeats=repeats, number=10)
+        rows.append({"lora_rank": r, "train_eval_us": 1e6 * step.cpu_s,
+                     "snapshot_us": 1e6 * snap.cpu_s})
+    return pd.DataFrame(rows)
+
+
+def task_scaling(n_tasks: Sequence[int] = (5, 20, 80), repeats: int = 3,
+                 n_steps: int = 2000) -> pd.DataFrame:
+    """Analytic-backend env step cost as the bank grows: ``M`` permuted-digit tasks, ``K = M``
+    slots, phases of 10 steps, two cycles (so the bank fills and then serves every task)."""
+    rows = []
+    for m in n_tasks:
+        t = env_steps_per_second("CyclicSplitDigits", "analytic", None, n_steps=n_steps,
+                                 repeats=repeats, tasks="permuted_digits", n_tasks=m,
+                                 phase_length=10, n_cycles=2)
+        rows.append({"tasks_and_slots": m, "us_per_step_cpu": 1e6 * t.cpu_s,
+                     "steps_per_s_cpu": 1.0 / t.cpu_s, "steps_per_s_wall": 1.0 / t.wall_s})
+    return pd.DataFrame(rows)
+
+
+def batched_throughput(batch_sizes: Sequence[int] = (1, 100, 1000, 10000),
+                       policies: Sequence[str] = ("oracle", "similarity"),
+                       repeats: int = 3) -> pd.DataFrame:
+    """Env steps per second of :func:`~nsr_gym.envs.batched.simulate_analytic` on the default
+    Split-Digits stream (600 steps per run), ``B`` seeds at once."""
+    from nsr_gym.envs.batched import simulate_analytic
+
+    rows = []
+    for policy in policies:
+        for b in batch_sizes:
+            seeds = list(range(b))
+            t = measure(lambda p=policy, s=seeds: simulate_analytic(p, s), repeats=repeats,
+                        warmup=0)
+            steps = 600 * b
+            rows.append({"policy": policy, "runs_at_once": b, "steps_per_s_cpu": steps / t.cpu_s,
+                         "steps_per_s_wall": steps / t.wall_s})
+    return pd.DataFrame(rows)
