@@ -22,6 +22,8 @@ benchmark) on the same seed: 0 is the best memoryless agent, 1 the oracle.
 
 from __future__ import annotations
 
+import warnings
+
 import argparse
 import json
 import sys
@@ -319,7 +321,14 @@ def plot_result(res: dict, out: Path, caption: str) -> list[Path]:
                 (("acc_end", "end of visit"), ("zero_shot", "arrival, no update"))
             ):
                 mats = [accuracy_matrix(g, value) for _, g in p.groupby("seed")]
-                mat = np.nanmean(np.stack(mats), axis=0)
+                # Recurring schedules give each seed its own number of visits: pad with NaN.
+                shape = tuple(max(m.shape[k] for m in mats) for k in (0, 1))
+                padded = np.full((len(mats), *shape), np.nan)
+                for k, m in enumerate(mats):
+                    padded[k, : m.shape[0], : m.shape[1]] = m
+                with np.errstate(all="ignore"), warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    mat = np.nanmean(padded, axis=0)
                 ax = axes[i, j]
                 im = ax.imshow(mat, vmin=0, vmax=1, cmap="viridis", aspect="auto")
                 ax.set_title(f"{agent}: {label}", fontsize=9)
