@@ -21,9 +21,11 @@ import pytest
 
 from nsr_gym.cli import main as cli_main
 
-ARGS = ["run", "--backend", "torch", "--cycles", "1", "--agents", "oracle,keep-current",
-        "--seeds", "2", "--no-progress"]
-N_UNITS = 4
+# Units long enough (600 steps each) that the watcher's signal lands while later units still run,
+# however fast the torch path gets.
+ARGS = ["run", "--backend", "torch", "--cycles", "4", "--agents", "oracle,keep-current",
+        "--seeds", "3", "--no-progress"]
+N_UNITS = 6
 TABLES = ("leaderboard.csv", "runs.csv", "phases.csv")
 
 
@@ -104,4 +106,4 @@ def test_partial_unit_files_never_count_as_complete(reference, tmp_path, capsys)
         assert p.read_bytes() == data  # recomputed, identical to the complete file
     for name in TABLES:
         assert (out / name).read_bytes() == (reference / name).read_bytes(), name
-    assert pd.read_csv(out / "leaderboard.csv")["seeds"].tolist() == [2, 2]
+    assert pd.read_csv(out / "leaderboard.csv")["seeds"].tolist() == [3, 3]
