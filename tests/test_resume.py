@@ -51,8 +51,11 @@ def interrupted(tmp_path_factory) -> dict:
     runs = {}
     for sig in (signal.SIGINT, signal.SIGKILL):
         out = root / sig.name
+        # A job started in the background (nohup, CI runners) inherits SIGINT as ignored, and
+        # Python then installs no KeyboardInterrupt handler: restore the default in the child.
         proc = subprocess.Popen([sys.executable, "-m", "nsr_gym.cli", *ARGS, "--out", str(out)],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         sent: list = []
         watcher = threading.Thread(target=_interrupt_after_first_unit, args=(proc, out, sig, sent))
         watcher.start()
