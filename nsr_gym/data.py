@@ -78,8 +78,6 @@ def load_digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
         train_idx.append(np.sort(idx[n_test:]))
     tr = np.concatenate(train_idx)
     te = np.concatenate(test_idx)
-    for arr in (x, y):
-        arr.setflags(write=False)
     return x[tr], y[tr], x[te], y[te]
 
 
