@@ -14,6 +14,7 @@ STEP_COLUMNS = [
     "agent", "seed", "t", "phase", "step_in_phase", "task_id", "visit", "is_revisit", "action",
     "switched", "invalid_load", "accuracy", "zero_shot_accuracy", "reward", "loss",
     "skipped_updates", "bank_entries", "bank_bytes", "truncation_gap", "evicted_task",
+    "reserve_skipped", "protected_tasks",
 ]
 
 

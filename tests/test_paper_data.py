@@ -326,3 +326,33 @@ def test_cifar_reader_refuses_a_pickle_that_names_code(tmp_path):
     with pytest.raises(MissingDataError, match="refusing to unpickle"):
         _read_cifar_pickle(str(path))
     assert not (tmp_path / "pwned").exists()
+
+
+# ----------------------------------------------------------------------------- registered envs
+
+
+def test_paper_envs_are_registered_and_run_on_local_files(data_root, tiny_vit):
+    import gymnasium as gym
+
+    import nsr_gym  # noqa: F401 - registers the envs
+    from agents import SimilarityRule, rollout
+
+    env = gym.make("nsr_gym/FiveDatasets-v0", data_root=data_root, weights=tiny_vit,
+                   arch="vit_tiny", n_tasks=2, max_train=16, verify=False,
+                   learner=dict(embed_pool=8, device="cpu", distill_weight=1.0,
+                                distill_anchors=4),
+                   phase_length=3, n_cycles=2, reserve="active")
+    log = rollout(env, SimilarityRule(), seed=0)
+    assert len(log) == 2 * 3 * 2 and log["accuracy"].between(0, 1).all()
+    assert env.unwrapped.learner.pretrained_config.arch == "vit_tiny"
+
+
+def test_paper_envs_say_which_files_they_need(tmp_path):
+    import gymnasium as gym
+
+    import nsr_gym  # noqa: F401
+
+    with pytest.raises(ValueError, match="pass data_root="):
+        gym.make("nsr_gym/SplitCIFAR100-v0")
+    with pytest.raises(MissingDataError, match="cifar-100-python/train"):
+        gym.make("nsr_gym/SplitCIFAR100-v0", data_root=tmp_path, weights=tmp_path / "w.pth")

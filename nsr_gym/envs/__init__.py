@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from gymnasium.envs.registration import register, registry
 
-from nsr_gym.envs.allocation import FRESH, KEEP, LOAD_OFFSET, AllocationEnv
+from nsr_gym.envs.allocation import FRESH, KEEP, LOAD_OFFSET, RESERVE_MODES, AllocationEnv
+from nsr_gym.envs.paper import PAPER_BENCHMARKS, make_paper_env
 
 ENTRY_POINT = "nsr_gym.envs.allocation:AllocationEnv"
+PAPER_ENTRY_POINT = "nsr_gym.envs.paper:make_paper_env"
 
 #: Registered benchmarks: id suffix -> kwargs of ``AllocationEnv``. Variants that differ only by
 #: numbers are registrations, not classes.
@@ -48,12 +50,16 @@ def env_id(benchmark: str) -> str:
 
 
 def register_envs() -> None:
-    """Register every benchmark; idempotent, so re-imports and spawned workers are safe."""
-    for name, kwargs in BENCHMARKS.items():
-        if env_id(name) in registry:
-            continue
-        register(id=env_id(name), entry_point=ENTRY_POINT, kwargs=dict(kwargs),
-                 disable_env_checker=False)
+    """Register every benchmark, offline (:data:`BENCHMARKS`) and paper-scale
+    (:data:`PAPER_BENCHMARKS`, which need ``data_root=...``); idempotent, so re-imports and
+    spawned workers are safe."""
+    for table, entry_point in ((BENCHMARKS, ENTRY_POINT), (PAPER_BENCHMARKS, PAPER_ENTRY_POINT)):
+        for name, kwargs in table.items():
+            if env_id(name) in registry:
+                continue
+            register(id=env_id(name), entry_point=entry_point, kwargs=dict(kwargs),
+                     disable_env_checker=False)
 
 
-__all__ = ["AllocationEnv", "BENCHMARKS", "FRESH", "KEEP", "LOAD_OFFSET", "env_id", "register_envs"]
+__all__ = ["AllocationEnv", "BENCHMARKS", "FRESH", "KEEP", "LOAD_OFFSET", "PAPER_BENCHMARKS",
+           "RESERVE_MODES", "env_id", "make_paper_env", "register_envs"]

@@ -19,6 +19,8 @@ from nsr_gym.learners.torch_learner import BACKBONE_OPTIONS, TorchLearner, Torch
 from nsr_gym.streams import SCHEDULES, TaskStream, make_stream
 
 BACKENDS = ("torch", "analytic")
+#: Where the env reserves the active subspace at a phase end (see ``AllocationEnv``).
+RESERVE_MODES = ("owner", "active")
 KEEP = 0
 FRESH = 1
 #: Offset of the first ``LOAD`` action: action ``LOAD_OFFSET + k`` loads bank slot ``k``.
@@ -104,8 +106,20 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     every step the agent decides what the active subspace is: keep it, start a fresh one, or load
     an entry of the TaskKnowledgeBank. The env then runs ``updates_per_step`` optimiser updates on
     the current task and evaluates on held-out data. At the end of each phase the env compresses
-    the active subspace (SVD) and reserves it in the bank: in place when the task just trained
-    already has an entry, as a new entry otherwise (evicting by ``eviction`` when the bank is full).
+    the active subspace (SVD) and reserves it in the bank (evicting by ``eviction`` when a new
+    entry meets a full bank). Where it goes is the ``reserve`` mode:
+
+    * ``"owner"`` (the default): one entry per task. The subspace is stored under the task just
+      trained: in place when that task already has an entry, as a new entry otherwise. Loading
+      another task's entry to warm-start leaves that entry untouched.
+    * ``"active"``: entries are shared and updated in place. The subspace is written back into
+      the slot it was loaded from (its ``tasks_served`` grows, its key becomes the mean probe
+      embedding of those tasks); only a subspace that is not an entry (a fresh one) is inserted.
+
+    With the torch learner's ``distill_weight > 0``, training protects the tasks the active
+    subspace already served: when a subspace is chosen (a load, a fresh one, or a new phase) the
+    env calls ``learner.protect(tasks_served - {current task})``, where ``tasks_served`` is the
+    loaded entry's (in ``"owner"`` mode just its task), plus every task trained since.
 
     ## Action Space
     ``Discrete(K + 2)``: ``0`` keep the active subspace, ``1`` start a fresh one, ``2 + k`` load
@@ -161,7 +175,8 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         acc_weight: float = 1.0,
         updates_per_step: int = 1,
         backend: str = "torch",
-        learner: dict[str, Any] | None = None,
+        learner: dict[str, Any] | Learner | None = None,
+        reserve: str = "owner",
         render_mode: str | None = None,
     ) -> None:
         """
@@ -177,12 +192,20 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             acc_weight: Weight of accuracy in the reward.
             updates_per_step: Optimiser updates per env step.
             backend: ``"torch"`` or ``"analytic"``.
-            learner: Keyword overrides of ``TorchLearnerConfig`` or ``AnalyticConfig``.
+            learner: Keyword overrides of ``TorchLearnerConfig`` or ``AnalyticConfig``; or a
+                ready :class:`~nsr_gym.learners.base.Learner` (such as a paper-scale
+                ``make_paper_learner(...)``), which brings its own tasks: ``tasks`` is then
+                ignored, ``n_tasks`` must equal its ``n_tasks``, and ``backend`` names its kind.
+            reserve: ``"owner"`` (an entry per task) or ``"active"`` (shared entries, updated in
+                place); see the class docstring.
             render_mode: ``None`` or ``"ansi"``.
         """
+        if isinstance(learner, Learner) and n_tasks != learner.n_tasks:
+            raise ValueError(f"n_tasks={n_tasks} but the learner passed has {learner.n_tasks} "
+                             f"tasks; pass n_tasks={learner.n_tasks}")
         capacity = n_tasks if capacity is None else capacity
         self._check_config(schedule, phase_length, n_cycles, capacity, eviction, lambda_switch,
-                           acc_weight, updates_per_step, backend, render_mode, n_tasks)
+                           acc_weight, updates_per_step, backend, render_mode, n_tasks, reserve)
         self.schedule_kind = schedule
         self.phase_length = int(phase_length)
         self.n_cycles = int(n_cycles)
@@ -194,8 +217,10 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self.backend = backend
         self.render_mode = render_mode
         self.n_tasks = int(n_tasks)
+        self.reserve = reserve
 
-        self.learner: Learner = self._make_learner(backend, tasks, n_tasks, learner or {})
+        self.learner: Learner = (learner if isinstance(learner, Learner)
+                                 else self._make_learner(backend, tasks, n_tasks, learner or {}))
         self.bank = TaskKnowledgeBank(self.capacity, self.learner.key_dim, eviction)
         self._stream: TaskStream | None = None
         self.n_steps = self.n_tasks * self.n_cycles * self.phase_length
@@ -217,7 +242,8 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     # ------------------------------------------------------------------ construction helpers
     @staticmethod
     def _check_config(schedule, phase_length, n_cycles, capacity, eviction, lambda_switch,
-                      acc_weight, updates_per_step, backend, render_mode, n_tasks) -> None:
+                      acc_weight, updates_per_step, backend, render_mode, n_tasks,
+                      reserve="owner") -> None:
         problems = []
         for name, v in (("n_tasks", n_tasks), ("phase_length", phase_length), ("n_cycles", n_cycles),
                         ("capacity", capacity), ("updates_per_step", updates_per_step)):
@@ -232,6 +258,8 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             problems.append(f"eviction must be one of {EVICTION_POLICIES} (got {eviction!r})")
         if backend not in BACKENDS:
             problems.append(f"backend must be one of {BACKENDS} (got {backend!r})")
+        if reserve not in RESERVE_MODES:
+            problems.append(f"reserve must be one of {RESERVE_MODES} (got {reserve!r})")
         if render_mode not in (None, "ansi"):
             problems.append(f"render_mode must be None or 'ansi' (got {render_mode!r})")
         if problems:
@@ -308,6 +336,9 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self.bank = TaskKnowledgeBank(self.capacity, self.learner.key_dim, self.eviction)
         self._t = 0
         self._active_slot: int | None = None
+        self._active_served: list[int] = []  # tasks the active subspace has served, in order
+        self._protected: list[int] = []
+        self._task_keys: dict[int, np.ndarray] = {}  # latest probe embedding per task seen
         self._last_acc = 0.0
         self._visits = np.zeros(self.n_tasks, dtype=np.int64)
         if (options or {}).get("bank") is not None:
@@ -349,17 +380,22 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         switched, invalid_load = False, False
         if a == FRESH:
             self.learner.fresh()
-            self._active_slot, switched = None, True
+            self._active_slot, self._active_served, switched = None, [], True
         elif a >= LOAD_OFFSET:
             k = a - LOAD_OFFSET
             if self.bank.slots[k] is None:
                 invalid_load = True
             else:
-                self.learner.load(self.bank.get(k).tensors)
+                entry = self.bank.get(k)
+                self.learner.load(entry.tensors)
                 view = self._view()
                 self.bank.touch(k, self._t)
                 view.touched(self.bank, k)
                 self._active_slot, switched = k, True
+                self._active_served = list(entry.tasks_served)
+        if switched or phase_start:  # a subspace chosen for this task: protect what it served
+            self._protected = [t for t in self._active_served if t != task]
+            self.learner.protect(self._protected)
         # What the subspace knows of this task before any update: the start of a recovery.
         zero_shot = self.learner.evaluate(task) if (switched or phase_start) else self._last_acc
 
@@ -401,13 +437,18 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             "evicted_task": evicted_task,
             "truncation_gap": gap,
             "reserve_skipped": int(phase_end and self._reserve_skipped),
+            "protected_tasks": len(self._protected),
         })
         if self.render_mode == "ansi":
             self._last_render = self._render_line(a, task, acc, reward)
         return self._get_obs(), float(reward), bool(terminated), False, info
 
     def _reserve(self, task: int) -> tuple[int, float]:
-        """Compress the active subspace and store it under ``task``; returns (evicted task, eps)."""
+        """Compress the active subspace and reserve it (by the ``reserve`` mode); returns
+        ``(evicted task, eps)``."""
+        if task not in self._active_served:
+            self._active_served.append(task)
+        self._task_keys[task] = self._embedding
         try:
             payload, gap = self.learner.snapshot(task)
         except ValueError as err:  # compress_lora refuses NaN/inf factors; anything else is a bug
@@ -417,9 +458,20 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self._reserve_skipped = payload is None or not validation.payload_is_finite(payload)
         if self._reserve_skipped:  # a non-finite subspace never reaches the bank
             return -1, 0.0
-        entry = BankEntry(key=self._embedding.copy(), tensors=payload, owner=task, tasks_served=[task])
         view = self._view()
-        slot = view.owner_slot.get(task)  # bank.slot_of_owner(task), without the slot scan
+        if self.reserve == "owner":
+            entry = BankEntry(key=self._embedding.copy(), tensors=payload, owner=task,
+                              tasks_served=[task])
+            slot = view.owner_slot.get(task)  # bank.slot_of_owner(task), without the slot scan
+        else:  # "active": back into the slot the subspace came from, shared by what it served
+            slot = self._active_slot
+            if slot is not None and self.bank.slots[slot] is None:
+                slot = None
+            served = list(self._active_served)
+            keys = [self._task_keys[t] for t in served if t in self._task_keys]
+            owner = task if slot is None else self.bank.slots[slot].owner
+            entry = BankEntry(key=np.mean(keys, axis=0).astype(np.float32), tensors=payload,
+                              owner=owner, tasks_served=served)
         evicted_task = -1
         if slot is not None:
             old = self.bank.slots[slot]

@@ -10,6 +10,7 @@ returns; :meth:`Learner.load` must accept it back.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -76,6 +77,17 @@ class Learner(ABC):
     @abstractmethod
     def embed(self, task_id: int) -> np.ndarray:
         """``(key_dim,)`` float32 embedding of task ``task_id`` from a probe batch."""
+
+    def protect(self, task_ids: Sequence[int]) -> None:  # noqa: B027 - optional hook
+        """Protect ``task_ids`` during the coming updates: from now until the next call, training
+        adds a distillation term that keeps the active subspace's outputs on those tasks close
+        to what they are *now* (the teacher is a frozen copy of the current subspace).
+
+        The env calls it whenever the active subspace is chosen (a load, a fresh one, or a new
+        phase), with the tasks that subspace already served other than the one about to train;
+        an empty sequence turns distillation off. The default does nothing (a learner without
+        distillation, such as the analytic model).
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release resources (GPU memory); the default does nothing."""

@@ -128,6 +128,13 @@ class FastForward:
             h = lora_linear(h, spec).relu_()
         return F.linear(h, *self._head_d)
 
+    def logits_with_grad(self, *cached: torch.Tensor) -> torch.Tensor:
+        """:meth:`logits` inside autograd on both backbones (the MLP through the ``peft``
+        modules themselves), for loss terms without a hand-written backward."""
+        if self.is_vit:
+            return self.logits(*cached)
+        return F.linear(self.backbone(cached[0]), *self._head)
+
     def predict(self, cached: tuple[torch.Tensor, ...], n_classes: int) -> torch.Tensor:
         """Predicted classes (``argmax`` over the task's ``n_classes`` logits), no graph."""
         if self.is_vit:

@@ -313,6 +313,13 @@ class PretrainedConfig:
     """``"cpu"``, ``"cuda"`` or ``"auto"``."""
     seed: int = 0
     """Seed of the random backbone (``random_init``) and of the fixed evaluation subsets."""
+    distill_weight: float = 0.0
+    """Weight of the distillation term (:meth:`TorchLearner.protect`); ``0``: off."""
+    distill_temperature: float = 2.0
+    """Softmax temperature of the distillation term."""
+    distill_anchors: int = 32
+    """Anchor images per protected task; each update runs the backbone on all of them, so this
+    is far below the small backbones' 256."""
 
 
 class PretrainedLearner(TorchLearner):
@@ -337,6 +344,9 @@ class PretrainedLearner(TorchLearner):
             compression_rank=pcfg.compression_rank,
             compression_energy=pcfg.compression_energy,
             measure_truncation=pcfg.measure_truncation,
+            distill_weight=pcfg.distill_weight,
+            distill_temperature=pcfg.distill_temperature,
+            distill_anchors=pcfg.distill_anchors,
             device="cpu",
             fast=False,
         )
@@ -410,6 +420,7 @@ class PretrainedLearner(TorchLearner):
         self._gen = torch.Generator()
         self._init_gen = torch.Generator()
         self._rank = pcfg.lora_rank
+        self._teacher = []
 
     def _frozen_features(self, x: torch.Tensor) -> torch.Tensor:
         chunk = self.pretrained_config.eval_batch_size

@@ -24,11 +24,19 @@ cached frozen activations, with a flat-buffer Adam (:mod:`nsr_gym.learners.fast`
 backbone the two agree bit for bit, on the ViT to float32 rounding (``tests/test_fast_path.py``).
 Backbones (the default MLP and a ViT-tiny-shaped transformer) live in
 :mod:`nsr_gym.learners.backbones`.
+
+Distillation (``distill_weight > 0``) protects the tasks an active subspace already served while
+it trains on another one: :meth:`TorchLearner.protect` freezes the subspace's current softmax
+outputs (at temperature ``T``) on a few anchor inputs of each protected task, and every update
+then adds ``distill_weight * T**2 * KL(teacher || student)`` over those anchors to the
+cross-entropy, as in Learning without Forgetting but on the protected tasks' own inputs, since
+the subspace's one head serves all of them.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -90,6 +98,18 @@ class TorchLearnerConfig:
     fast: bool = True
     """Hand-written forward on cached frozen activations and a flat Adam (same function and
     parameters as ``peft``); ``False`` runs the straightforward ``peft`` path, the reference."""
+    distill_weight: float = 0.0
+    """Weight of the distillation term that protects the tasks a loaded or kept subspace already
+    served (see :meth:`TorchLearner.protect`); ``0`` (the registered benchmarks') turns it off."""
+    distill_temperature: float = 2.0
+    """Softmax temperature ``T`` of the distillation term, which is scaled by ``T**2`` (Hinton et
+    al.) so that its gradient does not shrink as ``T`` grows."""
+    distill_anchors: int = 256
+    """Unlabelled inputs per protected task that the term reads: the first ``distill_anchors``
+    of the task's training set, a fixed coreset (``distill_anchors * input_dim * 4`` bytes per
+    task beside its bank entry; ``nsr-gym study distillation`` reports them). Fewer protect
+    less: the outputs stay put on the anchors but drift elsewhere (32 anchors keep almost none
+    of a Split-Digits task's test accuracy; 256 keep most)."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -187,6 +207,9 @@ class TorchLearner(Learner):
         centre = torch.cat(feats).mean(0)
         self._features = [f - centre for f in feats]
         self.key_dim = int(centre.numel())
+        # Distillation targets set by protect(): (anchor inputs, n_classes, teacher probs) per
+        # group of protected tasks with the same number of classes.
+        self._teacher: list[tuple[tuple[torch.Tensor, ...], int, torch.Tensor]] = []
         self._gen = torch.Generator()  # data order: batches and probe batches
         self._init_gen = torch.Generator()  # fresh adapters and heads
         self._rank = cfg.lora_rank
@@ -196,6 +219,7 @@ class TorchLearner(Learner):
         seeds = rng.integers(0, 2**63 - 1, size=2)
         self._gen.manual_seed(int(seeds[0]))
         self._init_gen.manual_seed(int(seeds[1]))
+        self._teacher = []
         self.fresh()
 
     def _new_A(self, shape: torch.Size) -> torch.Tensor:
@@ -270,6 +294,57 @@ class TorchLearner(Learner):
                     b.copy_(b0)
         return payload, float(gap)
 
+    def protect(self, task_ids: Sequence[int]) -> None:
+        """Distil toward the active subspace as it is now on ``task_ids``' anchor inputs during
+        the coming updates (see the module docstring); empty, or ``distill_weight == 0``: off.
+
+        Draws no random numbers, so turning distillation on leaves the data order unchanged.
+        """
+        ids = sorted({int(t) for t in task_ids})
+        bad = [t for t in ids if not 0 <= t < self.n_tasks]
+        if bad:
+            raise ValueError(f"cannot protect task ids {bad}: this learner has tasks "
+                             f"0..{self.n_tasks - 1}")
+        self._teacher = []
+        if self.config.distill_weight == 0 or not ids:
+            return
+        groups: dict[int, list[int]] = {}
+        for t in ids:
+            groups.setdefault(self.tasks[t].n_classes, []).append(t)
+        with torch.no_grad():
+            for n_classes, members in groups.items():
+                anchors = self._anchor_inputs(members)
+                logits = self._anchor_logits(anchors)[:, :n_classes]
+                probs = torch.softmax(logits / self.config.distill_temperature, 1)
+                self._teacher.append((anchors, n_classes, probs))
+
+    def _anchor_inputs(self, task_ids: list[int]) -> tuple[torch.Tensor, ...]:
+        """The first ``distill_anchors`` training inputs of each task, concatenated (the fast
+        path's cached activations of them, or the raw inputs on the reference path)."""
+        n = self.config.distill_anchors
+        if self.config.fast:
+            parts = [self._cache[t][0] for t in task_ids]
+            return tuple(torch.cat([p[i][:n] for p in parts]) for i in range(len(parts[0])))
+        return (torch.cat([self._data[t][0][:n] for t in task_ids]),)
+
+    def _anchor_logits(self, anchors: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        """Logits of the active subspace on anchor inputs, with autograd."""
+        if self.config.fast:
+            return self._fast.logits_with_grad(*anchors)
+        return self._logits(anchors[0])
+
+    def _distill_loss(self) -> torch.Tensor:
+        """``T**2 * KL(teacher || student)``, averaged over every protected anchor (0-d)."""
+        temperature = self.config.distill_temperature
+        total, count = None, 0
+        for anchors, n_classes, teacher in self._teacher:
+            logits = self._anchor_logits(anchors)[:, :n_classes]
+            log_student = torch.log_softmax(logits / temperature, 1)
+            kl = nn.functional.kl_div(log_student, teacher, reduction="sum")
+            total = kl if total is None else total + kl
+            count += len(teacher)
+        return total * (temperature**2 / count)
+
     # ------------------------------------------------------------------ training and evaluation
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.model(x))
@@ -286,6 +361,8 @@ class TorchLearner(Learner):
             idx = idx.to(self.device)
             logits = self._logits(x[idx])[:, :n_classes]
             loss = nn.functional.cross_entropy(logits, y[idx])
+            if self._teacher:
+                loss = loss + self.config.distill_weight * self._distill_loss()
             self.optimizer.zero_grad(set_to_none=True)
             if not torch.isfinite(loss):
                 skipped += 1
@@ -309,6 +386,7 @@ class TorchLearner(Learner):
         opt, params, fast = self.optimizer, self.optimizer.params, self._fast
         n, shape, gen, device = len(y), (self.config.batch_size,), self._gen, self.device
         by_hand, grads, adapters = not fast.is_vit, opt.grad_views, self.config.train_adapters
+        distill, weight = bool(self._teacher), self.config.distill_weight
         losses: list[float] = []
         skipped = 0
         for _ in range(n_updates):
@@ -317,9 +395,15 @@ class TorchLearner(Learner):
             if by_hand:  # the MLP: gradients by hand, equal to autograd's (see FastForward)
                 xb = cached[0].index_select(0, idx)
                 loss = fast.mlp_loss_and_grads(xb, yb, n_classes, grads, adapters)
+                if distill:  # its term by autograd, added to the hand-written gradients
+                    term = weight * self._distill_loss()
+                    torch._foreach_add_(grads, torch.autograd.grad(term, params))
+                    loss = loss + term.detach()
             else:
                 batch = [c.index_select(0, idx) for c in cached]
                 loss = nn.functional.cross_entropy(fast.logits(*batch)[:, :n_classes], yb)
+                if distill:
+                    loss = loss + weight * self._distill_loss()
             value = loss.item()
             if not math.isfinite(value):
                 skipped += 1
