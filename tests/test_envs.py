@@ -196,3 +196,11 @@ def test_render_ansi():
     env.reset(seed=0)
     env.step(KEEP)
     assert "task=0" in env.render()
+
+
+def test_variant_keeps_its_learner_options_when_the_user_adds_some():
+    env = gym.make("nsr_gym/CyclicSplitDigitsViT-v0", learner={"lr": 1e-2, "vit_depth": 2})
+    cfg = env.unwrapped.learner.config
+    assert (cfg.backbone, cfg.lr, cfg.vit_depth) == ("vit", 1e-2, 2)
+    env = gym.make("nsr_gym:nsr_gym/CyclicSplitDigitsViT-v0", learner={"backbone": "mlp"})
+    assert env.unwrapped.learner.config.backbone == "mlp"  # the user's word wins

@@ -28,9 +28,9 @@ ACC_TOL, LOSS_RTOL = 1e-6, 1e-5
 def _rollout(env_id: str, fast: bool, seed: int = 3, **kw) -> np.ndarray:
     """(accuracy, zero-shot accuracy, reward, loss, truncation gap) per step under a fixed
     action stream with fresh starts and loads, so every learner method is exercised."""
-    # gym.make replaces the registered learner options: start from them (the ViT's backbone)
-    registered = gym.spec(env_id).kwargs.get("learner", {})
-    learner = {**registered, **kw.pop("learner", {}), "fast": fast}
+    # a variant's own learner options stay under the user's (the ViT's backbone)
+    registered = gym.spec(env_id).kwargs.get("learner_defaults", {})
+    learner = {**kw.pop("learner", {}), "fast": fast}
     env = gym.make(env_id, learner=learner, **kw)
     assert env.unwrapped.learner.config.backbone == registered.get("backbone", "mlp")
     rng = np.random.default_rng(11)

@@ -356,3 +356,22 @@ def test_paper_envs_say_which_files_they_need(tmp_path):
         gym.make("nsr_gym/SplitCIFAR100-v0")
     with pytest.raises(MissingDataError, match="cifar-100-python/train"):
         gym.make("nsr_gym/SplitCIFAR100-v0", data_root=tmp_path, weights=tmp_path / "w.pth")
+
+
+def test_nsr_gym_run_on_a_paper_benchmark(data_root, tiny_vit, tmp_path, capsys):
+    import pandas as pd
+
+    from nsr_gym.cli import main
+
+    out = tmp_path / "run"
+    argv = ["run", "--benchmark", "FiveDatasets", "--data-root", str(data_root), "--weights",
+            str(tiny_vit), "--arch", "vit_tiny", "--max-train", "16", "--no-verify",
+            "--agents", "similarity,keep-current", "--seeds", "1", "--cycles", "1",
+            "--out", str(out), "--no-progress"]
+    assert main(argv) == 0
+    board = pd.read_csv(out / "leaderboard.csv")
+    assert set(board["agent"]) == {"similarity", "keep-current"}
+    assert main([*argv[:3], "--weights", "w.pth"]) == 2
+    assert "FiveDatasets reads local files: pass --data-root" in capsys.readouterr().err
+    assert main(["run", "--data-root", str(data_root)]) == 2
+    assert "--data-root is only for the paper-scale benchmarks" in capsys.readouterr().err

@@ -47,3 +47,13 @@ def test_readme_numbers_have_a_source():
     for line in README.splitlines():
         if line.startswith("| ") and re.search(r"\d\.\d{3}", line):
             assert line in sources, f"README row without a results/ source: {line!r}"
+
+
+def test_readme_findings_are_quoted_from_results():
+    """A README bullet with a three-decimal figure is a sentence copied from a results file."""
+    sources = "\n".join(p.read_text() for p in (ROOT / "results").rglob("*.md"))
+    bullets = [line for line in README.splitlines()
+               if line.startswith("- ") and re.search(r"\d\.\d{3}", line)]
+    assert bullets, "the README quotes no findings"
+    for line in bullets:
+        assert line in sources, f"README finding without a results/ source: {line!r}"

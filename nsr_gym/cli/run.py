@@ -34,8 +34,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from nsr_gym.results import (atomic_write_text, command_line, manifest, provenance_line,
                                  write_csv, write_json)
 
-    if args.benchmark not in nsr_gym.BENCHMARKS:
-        print(f"error: unknown benchmark {args.benchmark!r}; known: {', '.join(nsr_gym.BENCHMARKS)}",
+    known = [*nsr_gym.BENCHMARKS, *nsr_gym.PAPER_BENCHMARKS]
+    if args.benchmark not in known:
+        print(f"error: unknown benchmark {args.benchmark!r}; known: {', '.join(known)}",
               file=sys.stderr)
         return 2
     specs = [a.strip() for a in args.agents.split(",") if a.strip()]
@@ -57,7 +58,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     if problems:
         print("error: " + "; ".join(problems), file=sys.stderr)
         return 2
-    env_kwargs: dict = {"backend": args.backend}
+    env_kwargs, problem = _env_kwargs(args, args.benchmark in nsr_gym.PAPER_BENCHMARKS)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
+        return 2
     if args.quick:
         env_kwargs.update(n_cycles=2)
     if args.cycles is not None:
@@ -70,7 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         probe = gym.make(env_id, **env_kwargs)
         n_steps = probe.unwrapped.n_steps
         probe.close()
-    except ValueError as err:
+    except (ValueError, FileNotFoundError) as err:  # FileNotFoundError: paper-scale files
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:
@@ -133,6 +137,40 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"wrote {out}/ in {wall:.1f} s")
     return 0
 
+
+
+def _env_kwargs(args: argparse.Namespace, paper: bool) -> tuple[dict, str | None]:
+    """``gym.make`` keywords from the flags, or a message saying which flag is wrong."""
+    kwargs: dict = {"backend": args.backend}
+    learner: dict = {}
+    if args.reserve is not None:
+        kwargs["reserve"] = args.reserve
+    if args.distill_weight is not None:
+        learner["distill_weight"] = args.distill_weight
+    paper_flags = {"--data-root": args.data_root, "--weights": args.weights,
+                   "--max-train": args.max_train}
+    if not paper:
+        given = [flag for flag, v in paper_flags.items() if v is not None]
+        if args.random_init:
+            given.append("--random-init")
+        if given:
+            return kwargs, (f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} only for "
+                            "the paper-scale benchmarks (SplitCIFAR100, FiveDatasets)")
+    else:
+        if args.backend != "torch":
+            return kwargs, "the paper-scale benchmarks run on the torch backend only"
+        if args.data_root is None:
+            return kwargs, (f"{args.benchmark} reads local files: pass --data-root DIR (and "
+                            "--weights FILE); the README's 'Paper scale' lists the files")
+        kwargs.update(data_root=str(args.data_root), arch=args.arch, verify=not args.no_verify,
+                      weights=None if args.weights is None else str(args.weights))
+        if args.max_train is not None:
+            kwargs["max_train"] = args.max_train
+        if args.random_init:
+            learner["random_init"] = True
+    if learner:
+        kwargs["learner"] = learner
+    return kwargs, None
 
 
 def _interruptible(command):
@@ -206,6 +244,21 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=parse_seeds, default=None, help="a count (5) or a list (0,3,7)")
     p.add_argument("--backend", default="torch", choices=["torch", "analytic"])
     p.add_argument("--cycles", type=int, default=None, help="override the number of cycles C")
+    p.add_argument("--reserve", default=None, choices=["owner", "active"],
+                   help="bank entries per task (owner, the default) or shared and updated in "
+                        "place (active)")
+    p.add_argument("--distill-weight", type=float, default=None,
+                   help="torch learner's distillation weight (default 0: off)")
+    paper = p.add_argument_group("paper-scale benchmarks (SplitCIFAR100, FiveDatasets)")
+    paper.add_argument("--data-root", default=None, help="folder with the datasets' files")
+    paper.add_argument("--weights", default=None, help="torchvision state dict of --arch")
+    paper.add_argument("--arch", default="vit_b_16", help="vit_b_16 (default) or resnet18")
+    paper.add_argument("--no-verify", action="store_true",
+                       help="skip torchvision's md5 checks of the data files")
+    paper.add_argument("--max-train", type=int, default=None,
+                       help="training examples kept per task (a seeded subset)")
+    paper.add_argument("--random-init", action="store_true",
+                       help="a random backbone instead of --weights (speed and memory runs)")
     p.add_argument("--out", default=None, help="output directory (default results/<benchmark>)")
     p.add_argument("--quick", action="store_true", help="2 seeds, 2 cycles, written under results/quick/")
     p.add_argument("--no-resume", action="store_true", help="recompute units already finished")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from gymnasium.envs.registration import register, registry
 
 from nsr_gym.envs.allocation import FRESH, KEEP, LOAD_OFFSET, RESERVE_MODES, AllocationEnv
@@ -9,6 +11,7 @@ from nsr_gym.envs.paper import PAPER_BENCHMARKS, make_paper_env
 
 ENTRY_POINT = "nsr_gym.envs.allocation:AllocationEnv"
 PAPER_ENTRY_POINT = "nsr_gym.envs.paper:make_paper_env"
+MERGED_ENTRY_POINT = "nsr_gym.envs:with_learner_defaults"
 
 #: Registered benchmarks: id suffix -> kwargs of ``AllocationEnv``. Variants that differ only by
 #: numbers are registrations, not classes.
@@ -29,9 +32,10 @@ BENCHMARKS: dict[str, dict] = {
     # Split-Digits on a ViT-tiny-shaped backbone: 16 patches of 2x2 pixels, 12 frozen blocks,
     # LoRA on the top 2 blocks' qkv/proj/fc1/fc2. The fast torch path caches the activations
     # entering block 10, so only the adapted blocks run per step (`nsr-gym perf` measures it).
-    # gym.make(..., learner={...}) replaces this learner dict: keep "backbone": "vit" in it.
+    # gym.make(..., learner={...}) adds to these learner options (see with_learner_defaults).
     "CyclicSplitDigitsViT": dict(tasks="split_digits", n_tasks=5, schedule="cyclic",
-                                 phase_length=30, n_cycles=4, learner=dict(backbone="vit")),
+                                 phase_length=30, n_cycles=4,
+                                 learner_defaults=dict(backbone="vit")),
     # ---- Long horizon: hundreds of tasks (issue 8) -----------------------------------------
     # 1000 pixel-permutation tasks arriving in order, revisits drawn by a Zipf law over stack
     # distance (schedule="zipf:1.5", "geometric:0.2", ... for other laws): 3000 phases of 10 steps
@@ -44,6 +48,21 @@ BENCHMARKS: dict[str, dict] = {
 }
 
 
+def with_learner_defaults(learner_defaults: dict[str, Any], learner: dict[str, Any] | None = None,
+                          **kwargs: Any) -> AllocationEnv:
+    """An :class:`AllocationEnv` whose ``learner`` options start from ``learner_defaults``.
+
+    The entry point of variants that differ in the learner (such as a backbone): ``gym.make``
+    replaces a registered keyword wholesale, so a user's ``learner={"lr": 1e-2}`` would
+    otherwise drop the variant's own options; here the user's are merged on top.
+    """
+    return AllocationEnv(learner={**learner_defaults, **(learner or {})}, **kwargs)
+
+
+def _entry_point(kwargs: dict[str, Any]) -> str:
+    return MERGED_ENTRY_POINT if "learner_defaults" in kwargs else ENTRY_POINT
+
+
 def env_id(benchmark: str) -> str:
     """The registered id of a benchmark name, e.g. ``nsr_gym/CyclicSplitDigits-v0``."""
     return f"nsr_gym/{benchmark}-v0"
@@ -53,13 +72,14 @@ def register_envs() -> None:
     """Register every benchmark, offline (:data:`BENCHMARKS`) and paper-scale
     (:data:`PAPER_BENCHMARKS`, which need ``data_root=...``); idempotent, so re-imports and
     spawned workers are safe."""
-    for table, entry_point in ((BENCHMARKS, ENTRY_POINT), (PAPER_BENCHMARKS, PAPER_ENTRY_POINT)):
+    for table, paper in ((BENCHMARKS, False), (PAPER_BENCHMARKS, True)):
         for name, kwargs in table.items():
             if env_id(name) in registry:
                 continue
+            entry_point = PAPER_ENTRY_POINT if paper else _entry_point(kwargs)
             register(id=env_id(name), entry_point=entry_point, kwargs=dict(kwargs),
                      disable_env_checker=False)
 
 
 __all__ = ["AllocationEnv", "BENCHMARKS", "FRESH", "KEEP", "LOAD_OFFSET", "PAPER_BENCHMARKS",
-           "RESERVE_MODES", "env_id", "make_paper_env", "register_envs"]
+           "RESERVE_MODES", "env_id", "make_paper_env", "register_envs", "with_learner_defaults"]
