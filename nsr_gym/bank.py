@@ -3,130 +3,30 @@
 A bank holds at most ``K`` entries in fixed slots. Each entry is keyed by a task embedding and
 carries a payload of tensors (compressed LoRA factors, a task head, or an analytic learner's
 state). Slot indices never change while an entry lives, because agents address slots directly
-("load slot k"). Banks are saved atomically as ``bank.safetensors`` plus ``manifest.json``
-(format version, metadata and sha256 checksums) and loaded without pickle.
+("load slot k"). Compression lives in :mod:`nsr_gym.compression` and the files in
+:mod:`nsr_gym.bank_files` (``bank.safetensors`` plus a checksummed ``manifest.json``, written
+atomically, read without pickle); both are re-exported here.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import operator
 import os
-import shutil
-import uuid
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
-BANK_FORMAT_VERSION: int = 2
-#: Versions :meth:`TaskKnowledgeBank.load` reads. Version 2 added ``manifest_sha256`` (the
-#: checksum of the manifest's own contents), so a flipped byte in the metadata is detected too.
-READABLE_BANK_VERSIONS: tuple[int, ...] = (1, 2)
+from nsr_gym.bank_files import (BANK_FORMAT_VERSION, KEY_TENSOR, READABLE_BANK_VERSIONS,
+                                BankFormatError, load_bank, save_bank)
+from nsr_gym.compression import compress_lora, dense_truncated_svd
+
 EVICTION_POLICIES: tuple[str, ...] = ("lru", "fifo", "lfu", "least_unique", "reject")
 
-_MANIFEST = "manifest.json"
-_TENSORS = "bank.safetensors"
-_KEY = "__key__"
-
-
-class BankFormatError(ValueError):
-    """A bank file is corrupt, truncated, of an unknown version, or does not match; the message
-    names the file, what is wrong, and what to do."""
-
-
-# ----------------------------------------------------------------------------- compression
-
-
-def compress_lora(
-    B: torch.Tensor, A: torch.Tensor, rank: int | None = None, energy: float | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Truncated SVD of ``dW = B @ A`` computed without ever forming ``dW``.
-
-    With reduced QRs ``B = Q_B R_B`` and ``A^T = Q_A R_A``, ``dW = Q_B (R_B R_A^T) Q_A^T``, so the
-    SVD of the ``r x r`` core gives that of ``dW`` in ``O((m + n) r^2 + r^3)`` time and
-    ``O((m + n) r)`` memory (the dense route: ``O(m n min(m, n))`` and ``O(m n)``).
-    Kept rank ``k``: ``min(rank, r)`` for ``rank``; the smallest ``k`` with
-    ``sum(s[:k]^2) / sum(s^2) >= energy`` for ``energy`` (values below the numerical-rank
-    tolerance count as zero); the min of the two for both; the numerical rank for neither.
-    Always ``k >= 1``; a zero ``dW`` gives ``k = 1`` zero factors.
-
-    Args:
-        B: ``(m, r)`` float32 or float64.
-        A: ``(r, n)`` float32 or float64.
-        rank: rank budget, ``>= 1``.
-        energy: fraction of the squared Frobenius norm to keep, in ``(0, 1]``.
-
-    Returns:
-        ``(B_k, A_k)``, float32, contiguous, on ``B``'s device, shapes ``(m, k)`` and ``(k, n)``:
-        ``B_k = U_k sqrt(s_k)``, ``A_k = sqrt(s_k) Vh_k``, so ``B_k @ A_k`` is the best rank-``k``
-        approximation of ``dW`` (Eckart-Young).
-
-    Raises:
-        ValueError: for non-2-D or mismatched shapes, NaN/inf, or a bad ``rank``/``energy``.
-    """
-    if B.ndim != 2 or A.ndim != 2 or B.shape[1] != A.shape[0]:
-        raise ValueError(f"compress_lora needs B (m, r), A (r, n); got {tuple(B.shape)}, "
-                         f"{tuple(A.shape)}")
-    if rank is not None and int(rank) < 1:
-        raise ValueError(f"rank must be >= 1, got {rank}")
-    if energy is not None and not 0.0 < float(energy) <= 1.0:
-        raise ValueError(f"energy must be in (0, 1], got {energy}")
-    (m, r), n = B.shape, A.shape[1]
-    in_dtype = torch.promote_types(B.dtype, A.dtype)
-    # The rank tolerance follows the precision the factors were given in (as matrix_rank does);
-    # the arithmetic itself runs in float64, which costs little at O((m + n) r^2).
-    eps = torch.finfo(in_dtype if in_dtype.is_floating_point else torch.float32).eps
-    b64, a64 = B.detach().to(torch.float64), A.detach().to(torch.float64)
-    # A finite sum means finite entries (NaN and inf propagate): one reduction instead of an
-    # elementwise check, which only runs when the sum is not finite (or overflowed).
-    if not (math.isfinite(float(b64.sum())) and math.isfinite(float(a64.sum()))) and not (
-            bool(torch.isfinite(b64).all()) and bool(torch.isfinite(a64).all())):
-        raise ValueError("compress_lora: B and A must be finite (found NaN or inf)")
-    zeros = (torch.zeros(m, 1, device=B.device), torch.zeros(1, n, device=B.device))
-    if min(m, n, r) == 0:
-        return zeros
-    q_b, r_b = torch.linalg.qr(b64)  # (m, p), (p, r), p = min(m, r)
-    q_a, r_a = torch.linalg.qr(a64.T)  # (n, q), (q, r), q = min(n, r)
-    u, s, vh = torch.linalg.svd(r_b @ r_a.T, full_matrices=False)
-    s_np = s.cpu().numpy()
-    if s_np[0] == 0.0:
-        return zeros
-    k = _select_rank(s_np, eps * max(m, n, r), rank, energy)
-    root = s[:k].sqrt()
-    b_k = (q_b @ u[:, :k]) * root
-    a_k = root[:, None] * (vh[:k] @ q_a.T)
-    return b_k.to(torch.float32).contiguous(), a_k.to(torch.float32).contiguous()
-
-
-def _select_rank(s: np.ndarray, rel_tol: float, rank: int | None, energy: float | None) -> int:
-    """Number of singular values to keep; ``s`` is sorted descending with ``s[0] > 0``."""
-    s2 = np.where(s > s[0] * rel_tol, s.astype(np.float64) ** 2, 0.0)
-    nonzero = max(1, int(np.count_nonzero(s2)))
-    k = nonzero if rank is None and energy is None else len(s)
-    if rank is not None:
-        k = min(k, int(rank))
-    if energy is not None:
-        cum = np.cumsum(s2)
-        # Divide by cum[-1] (not s2.sum()) so the ratio reaches exactly 1.0 at the numerical
-        # rank and energy=1.0 never spills into noise-level singular values.
-        ratio = cum / cum[-1]
-        k = min(k, int(np.count_nonzero(ratio < float(energy))) + 1, nonzero)
-    return max(1, k)
-
-
-def dense_truncated_svd(W: torch.Tensor, k: int) -> torch.Tensor:
-    """Reference rank-``k`` truncation of a dense ``(m, n)`` ``W`` (same shape and dtype out) via
-    ``torch.linalg.svd``, ``O(m n min(m, n))``: for tests and benchmarks."""
-    u, s, vh = torch.linalg.svd(W, full_matrices=False)
-    return (u[:, :k] * s[:k]) @ vh[:k]
+__all__ = ["BANK_FORMAT_VERSION", "EVICTION_POLICIES", "READABLE_BANK_VERSIONS", "BankEntry",
+           "BankFormatError", "TaskKnowledgeBank", "compress_lora", "dense_truncated_svd"]
 
 
 # ----------------------------------------------------------------------------- the bank
@@ -390,8 +290,8 @@ class TaskKnowledgeBank:
             raise ValueError("this BankEntry object is already stored; insert a copy instead")
         entry.key = self._as_key(entry.key, "entry.key")
         for name, t in entry.tensors.items():
-            if not isinstance(name, str) or not name or name == _KEY:
-                raise ValueError(f"bad tensor name {name!r}: non-empty str other than {_KEY!r}")
+            if not isinstance(name, str) or not name or name == KEY_TENSOR:
+                raise ValueError(f"bad tensor name {name!r}: non-empty str other than {KEY_TENSOR!r}")
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"entry.tensors[{name!r}] must be a torch.Tensor, got {type(t)}")
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
@@ -426,235 +326,19 @@ class TaskKnowledgeBank:
         np.fill_diagonal(gram, -np.inf)
         return max(cands, key=lambda k: (gram[k].max(), -k))
 
-    # --- persistence -------------------------------------------------------------------------
+    # --- persistence (nsr_gym.bank_files) ---------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> None:
-        """Write the bank atomically to directory ``path`` (created or replaced).
-
-        Both files are written and fsynced in a temporary sibling directory, then renamed into
-        place; an existing bank is renamed aside first and deleted only once the new one is in
-        place, so a crash at any point leaves a complete bank on disk (see :meth:`load`).
-        """
-        root = Path(path)
-        if root.exists() and not root.is_dir():
-            raise FileExistsError(f"{root} exists and is not a bank directory; choose another path")
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp, old = (root.parent / f".{root.name}.{kind}-{tag}" for kind in ("tmp", "old"))
-        tmp.mkdir()
-        try:
-            self._write(tmp)
-            if root.exists():
-                os.replace(root, old)
-                try:
-                    os.replace(tmp, root)
-                except BaseException:
-                    os.replace(old, root)  # roll back: the previous bank goes back in place
-                    raise
-            else:
-                os.replace(tmp, root)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
-        _fsync(root.parent)
-        for stale in _backups(root):  # the new bank is complete: old copies (ours or a crash's) go
-            shutil.rmtree(stale, ignore_errors=True)
-
-    def _write(self, folder: Path) -> None:
-        tensors: dict[str, torch.Tensor] = {}
-        entries: list[dict[str, Any]] = []
-        for k, e in enumerate(self.slots):
-            if e is None:
-                continue
-            # Clone: safetensors refuses tensors that share storage (e.g. views of one tensor).
-            named = {n: t.detach().cpu().contiguous().clone() for n, t in e.tensors.items()}
-            named[_KEY] = torch.from_numpy(e.key.copy())
-            tensors.update({f"slot{k}/{n}": t for n, t in named.items()})
-            meta = {f: int(getattr(e, f)) for f in _INT_FIELDS}
-            entries.append({"slot": k, **meta, "pinned": bool(e.pinned),
-                            "tasks_served": [int(i) for i in e.tasks_served],
-                            "tensors": {n: _spec(t) for n, t in sorted(named.items())},
-                            "sha256": _entry_sha256(named)})
-        save_file(tensors, str(folder / _TENSORS), metadata={"format": "pt"})
-        manifest = {"format_version": BANK_FORMAT_VERSION, "capacity": self.capacity,
-                    "key_dim": self.key_dim, "eviction": self.eviction,
-                    "next_inserted_order": self._next_order,
-                    "safetensors_sha256": _file_sha256(folder / _TENSORS), "entries": entries}
-        manifest[_MANIFEST_SHA] = _manifest_sha256(manifest)
-        with open(folder / _MANIFEST, "w", encoding="utf-8") as f:
-            json.dump(manifest, f, indent=1)
-        for p in (folder / _TENSORS, folder / _MANIFEST, folder):
-            _fsync(p)
+        """Write the bank atomically to directory ``path`` (created or replaced): a crash at any
+        point leaves a complete bank on disk (:func:`nsr_gym.bank_files.save_bank`)."""
+        save_bank(self, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TaskKnowledgeBank:
-        """Load a bank written by :meth:`save`, verifying version, shapes and checksums.
-
-        If ``path`` is missing because a save was killed between its two renames, the previous
-        bank (renamed aside) is loaded instead, with a warning.
+        """Load a bank written by :meth:`save`, verifying version, shapes and checksums; after a
+        save killed between its two renames, the previous bank, with a warning.
 
         Raises:
             BankFormatError: for a missing, unparseable, truncated, modified or inconsistent file.
         """
-        root = Path(path)
-        if not root.is_dir():
-            backups = sorted(_backups(root), key=lambda p: p.stat().st_mtime)
-            if not backups:
-                raise BankFormatError(f"{root}: no bank directory here. Check the path, or create "
-                                      "a bank with TaskKnowledgeBank.save(path)")
-            warnings.warn(f"{root} is missing after an interrupted save; loading the previous bank "
-                          f"from {backups[-1]} (save again to restore {root})", stacklevel=2)
-            root = backups[-1]
-        mpath, tpath = root / _MANIFEST, root / _TENSORS
-        m = _Fields(_read_manifest(mpath), mpath)
-        try:
-            bank = cls(m.integer("capacity"), m.integer("key_dim"), m.get("eviction", str))
-        except ValueError as exc:
-            raise _fail(mpath, f"bad bank parameters ({exc})") from exc
-        bank._next_order = m.integer("next_inserted_order")
-        if not tpath.is_file():
-            raise _fail(tpath, "tensor file is missing")
-        if _file_sha256(tpath) != m.get("safetensors_sha256", str):
-            raise _fail(tpath, "sha256 differs from the manifest's: truncated or modified")
-        try:  # safetensors raises its own error types for malformed headers and offsets
-            stored = load_file(str(tpath))
-        except Exception as exc:
-            raise _fail(tpath, f"could not be parsed ({exc})") from exc
-        expected: set[str] = set()
-        for raw in m.get("entries", list):
-            f = _Fields(raw, mpath)
-            slot = f.integer("slot")
-            if not 0 <= slot < bank.capacity or bank.slots[slot] is not None:
-                raise _fail(mpath, f"slot {slot} is out of range or repeated")
-            named: dict[str, torch.Tensor] = {}
-            for name, spec in f.get("tensors", dict).items():
-                full = f"slot{slot}/{name}"
-                expected.add(full)
-                if full not in stored:
-                    raise _fail(tpath, f"tensor {full!r} listed in the manifest is missing")
-                if spec != _spec(stored[full]):
-                    raise _fail(tpath, f"tensor {full!r} is {_spec(stored[full])} but the "
-                                f"manifest says {spec}")
-                named[name] = stored[full]
-            if _entry_sha256(named) != f.get("sha256", str):
-                raise _fail(tpath, f"checksum of slot {slot}'s tensors does not match the manifest")
-            bad = [n for n, t in named.items()
-                   if t.is_floating_point() and not bool(t.isfinite().all())]
-            if bad:  # a well-formed file can still carry NaN/inf, which the bank never holds
-                raise _fail(tpath, f"slot {slot} tensors {sorted(bad)} hold NaN or inf")
-            key = named.pop(_KEY, None)
-            if key is None or _spec(key) != _spec(torch.zeros(bank.key_dim)):
-                raise _fail(mpath, f"slot {slot} needs a float32 ({bank.key_dim},) {_KEY} tensor")
-            meta = {name: f.integer(name) for name in _INT_FIELDS}
-            tasks = f.get("tasks_served", list)
-            if not all(type(i) is int for i in tasks):
-                raise _fail(mpath, f"slot {slot} tasks_served must be a list of ints")
-            bank._place(slot, BankEntry(key.numpy().copy(), named, tasks_served=tasks,
-                                        pinned=f.get("pinned", bool), **meta))
-        extra = sorted(set(stored) - expected)
-        if extra:
-            raise _fail(tpath, f"tensors not listed in the manifest: {extra}")
-        # Last, so the checks above name the specific problem when there is one. A version-1
-        # manifest has no checksum; one that carries it anyway (a flipped version byte) is checked.
-        if (m.d["format_version"] >= 2 or _MANIFEST_SHA in m.d) and \
-                m.d.get(_MANIFEST_SHA) != _manifest_sha256(m.d):
-            raise _fail(mpath, "the manifest's contents do not match its manifest_sha256: "
-                        "modified or corrupted")
-        return bank
-
-
-_INT_FIELDS = ("owner", "usage", "created_step", "last_used_step", "inserted_order")
-_MANIFEST_SHA = "manifest_sha256"
-_FIX = "Restore the bank from a backup, or re-create it and save it with TaskKnowledgeBank.save"
-
-
-def _fail(file: Path, problem: str) -> BankFormatError:
-    return BankFormatError(f"{file}: {problem}. {_FIX}")
-
-
-def _read_manifest(mpath: Path) -> dict[str, Any]:
-    if not mpath.is_file():
-        raise _fail(mpath, "manifest file is missing")
-    try:
-        manifest = json.loads(mpath.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _fail(mpath, f"not valid JSON ({exc})") from exc
-    if not isinstance(manifest, dict) or "format_version" not in manifest:
-        raise _fail(mpath, "no format_version field; this is not a bank manifest")
-    version = manifest["format_version"]
-    if type(version) is not int or version not in READABLE_BANK_VERSIONS:
-        raise BankFormatError(
-            f"{mpath}: unknown format_version {version!r} (this nsr_gym reads "
-            f"{READABLE_BANK_VERSIONS}). Load it with the nsr_gym version that wrote it, or "
-            "re-save it")
-    return manifest
-
-
-def _manifest_sha256(manifest: dict[str, Any]) -> str:
-    """sha256 of the manifest's canonical JSON (sorted keys, no spaces), without its own field."""
-    body = {k: v for k, v in manifest.items() if k != _MANIFEST_SHA}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"))
-                          .encode("utf-8")).hexdigest()
-
-
-def _backups(root: Path) -> list[Path]:
-    """Previous banks that :meth:`TaskKnowledgeBank.save` renamed aside next to ``root``."""
-    prefix = f".{root.name}.old-"
-    if not root.parent.is_dir():
-        return []
-    return [p for p in root.parent.iterdir() if p.name.startswith(prefix) and p.is_dir()]
-
-
-class _Fields:
-    """Typed access to a manifest dict; a missing or mistyped field is a BankFormatError."""
-
-    def __init__(self, d: Any, file: Path) -> None:
-        if not isinstance(d, dict):
-            raise _fail(file, f"expected a JSON object, got {type(d).__name__}")
-        self.d, self.file = d, file
-
-    def get(self, name: str, typ: type) -> Any:
-        v = self.d.get(name)
-        # bool is a subclass of int; an int field holding true/false is still malformed.
-        if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
-            raise _fail(self.file, f"field {name!r} is missing or not {typ.__name__} (got {v!r})")
-        return v
-
-    def integer(self, name: str) -> int:
-        return self.get(name, int)
-
-
-def _spec(t: torch.Tensor) -> dict[str, Any]:
-    """Manifest description of a tensor, e.g. ``{"shape": [16, 3], "dtype": "float32"}``."""
-    return {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
-
-
-def _entry_sha256(named: dict[str, torch.Tensor]) -> str:
-    """sha256 of the raw (little-endian) bytes of ``named``'s tensors, in sorted-name order."""
-    h = hashlib.sha256()
-    for name in sorted(named):
-        t = named[name].detach().cpu().contiguous()
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    """fsync a file or a directory (directories: POSIX only; elsewhere a no-op)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some platforms/filesystems cannot fsync a directory
-    finally:
-        os.close(fd)
+        return load_bank(path, cls)

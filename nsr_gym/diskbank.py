@@ -50,7 +50,8 @@ from safetensors.numpy import load_file as np_load_file
 from safetensors.numpy import save_file as np_save_file
 
 from nsr_gym.bank import BankEntry, BankFormatError, TaskKnowledgeBank
-from nsr_gym.bank import _file_sha256 as _sha256
+from nsr_gym.bank_files import _file_sha256 as _sha256
+from nsr_gym.bank_files import read_json
 
 DISKBANK_FORMAT_VERSION: int = 1
 _MANIFEST = "manifest.json"
@@ -82,12 +83,7 @@ class DiskBank:
         self.root = Path(root)
         self.max_open_shards = int(max_open_shards)
         mpath = self.root / _MANIFEST
-        if not mpath.is_file():
-            raise _fail(mpath, "manifest file is missing (create a bank with DiskBank.create)")
-        try:
-            m = json.loads(mpath.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise _fail(mpath, f"not valid JSON ({exc})") from exc
+        m = read_json(mpath, _fail, "manifest file is missing (create a bank with DiskBank.create)")
         if not isinstance(m, dict) or m.get("kind") != _KIND:
             raise _fail(mpath, "not a DiskBank manifest")
         if m.get("format_version") != DISKBANK_FORMAT_VERSION:

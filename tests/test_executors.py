@@ -106,3 +106,14 @@ def test_run_cli_ray_gives_the_same_tables(tmp_path, ray_executor, capsys):
 
     assert run("ray") == run("local")
     assert ray.is_initialized()  # the command left the instance it did not start running
+
+
+def test_regret_cli_ray_gives_the_same_tables(tmp_path, ray_executor):
+    def run(executor: str) -> dict[str, str]:
+        out = tmp_path / f"regret-{executor}"
+        nsr_gym_main(["regret", "--quick", "--seeds", "3", "--no-progress", "--executor",
+                      executor, "--out", str(out), "--resamples", "200"])
+        return {f.name: f.read_text() for f in sorted(out.glob("*.csv"))}
+
+    local, remote = run("local"), run("ray")
+    assert local and remote == local

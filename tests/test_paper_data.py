@@ -333,6 +333,7 @@ def test_cifar_reader_refuses_a_pickle_that_names_code(tmp_path):
 
 def test_paper_envs_are_registered_and_run_on_local_files(data_root, tiny_vit):
     import gymnasium as gym
+    from gymnasium.utils.env_checker import check_env
 
     import nsr_gym  # noqa: F401 - registers the envs
     from agents import SimilarityRule, rollout
@@ -342,6 +343,7 @@ def test_paper_envs_are_registered_and_run_on_local_files(data_root, tiny_vit):
                    learner=dict(embed_pool=8, device="cpu", distill_weight=1.0,
                                 distill_anchors=4),
                    phase_length=3, n_cycles=2, reserve="active")
+    check_env(env.unwrapped, skip_render_check=True)
     log = rollout(env, SimilarityRule(), seed=0)
     assert len(log) == 2 * 3 * 2 and log["accuracy"].between(0, 1).all()
     assert env.unwrapped.learner.pretrained_config.arch == "vit_tiny"

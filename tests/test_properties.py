@@ -24,15 +24,8 @@ from safetensors.torch import load_file, save_file
 
 import nsr_gym  # noqa: F401 - registers the envs
 from nsr_gym import LOAD_OFFSET
-from nsr_gym.bank import (
-    BankEntry,
-    BankFormatError,
-    TaskKnowledgeBank,
-    _entry_sha256,
-    _file_sha256,
-    _manifest_sha256,
-    compress_lora,
-)
+from nsr_gym.bank import BankEntry, BankFormatError, TaskKnowledgeBank, compress_lora
+from nsr_gym.bank_files import _entry_sha256, _file_sha256, _manifest_sha256
 
 ENV = "nsr_gym/CyclicSplitDigits-v0"
 _ENVS: dict[tuple, gym.Env] = {}

@@ -128,52 +128,79 @@ def phase_record(log: pd.DataFrame, agent: str, seed: int, M: int, L: int,
     return pd.concat([table, pd.DataFrame(acc, columns=[f"acc_{s}" for s in range(1, L + 1)])], axis=1)
 
 
+#: Envs built in this process, by configuration: ``reset(seed)`` restarts everything, so the
+#: units of one study reuse one env (a Ray worker keeps its own).
+_ENVS: dict[str, Any] = {}
+
+
+def regret_unit(unit) -> tuple[pd.DataFrame, float]:
+    """One ``(agent, seed)`` rollout of a study, as its phase records and its rollout seconds;
+    a module-level function, so Ray workers import it by reference."""
+    import gymnasium as gym
+
+    import nsr_gym  # noqa: F401 - registers the envs in a fresh worker
+    from agents import rollout
+
+    s = unit.setting
+    key = config_hash(s["env_kwargs"])
+    if key not in _ENVS:
+        _ENVS.clear()  # one study at a time: drop another configuration's env
+        _ENVS[key] = gym.make(ENV_ID, **s["env_kwargs"])
+    t0 = time.perf_counter()
+    log = rollout(_ENVS[key], make_agent(unit.agent), unit.seed, agent_name=unit.agent)
+    seconds = time.perf_counter() - t0
+    return phase_record(log, unit.agent, unit.seed, s["M"], s["L"], curves=s["curves"]), seconds
+
+
 def collect(setup: Setup, seeds: list[int], units_dir: Path | None, resume: bool = True,
-            progress: bool = True, all_curves: bool = True) -> tuple[pd.DataFrame, dict[str, Any]]:
+            progress: bool = True, all_curves: bool = True, executor: str = "local",
+            ray_address: str | None = None) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Run (or reload) every ``(agent, seed)`` unit; return the stacked phase records and a
     count of the units computed and resumed, with the env steps per second of the rollouts.
 
-    Each finished unit is written to ``units_dir`` at once, so an interrupted study resumes.
+    Units run on ``executor`` (``"local"`` or ``"ray"``: the same records either way). Each
+    finished unit is written to ``units_dir`` at once, so an interrupted study resumes.
     Per-step accuracies are kept for always-fresh (the curve fit reads them) and, with
     ``all_curves``, for every agent (the steps log).
     """
-    from tqdm.auto import tqdm
-
-    from agents import rollout
+    from nsr_gym.executors import Unit, make_executor, run_units
     from nsr_gym.results import write_csv
 
-    units = [(a, s) for a in setup.agents for s in seeds]
-    frames: list[pd.DataFrame] = []
+    units = [Unit(a, s, {"env_kwargs": setup.env_kwargs(), "M": setup.M, "L": setup.L,
+                         "curves": all_curves or a == "always-fresh"})
+             for a in setup.agents for s in seeds]
     counts: dict[str, Any] = {"computed": 0, "resumed": 0}
     rollout_s = 0.0
-    env = None
-    bar = tqdm(total=len(units), disable=not progress, desc=f"regret/{setup.backend}", unit="run")
+
+    def path(unit) -> Path | None:
+        return None if units_dir is None else units_dir / f"{unit.agent}__seed{unit.seed}.csv"
+
+    def skip(unit):
+        p = path(unit)
+        if p is None or not resume or not p.exists():
+            return None
+        counts["resumed"] += 1
+        return pd.read_csv(p), 0.0
+
+    def save(unit, result) -> None:
+        nonlocal rollout_s
+        counts["computed"] += 1
+        rollout_s += result[1]
+        if path(unit) is not None:
+            write_csv(path(unit), result[0], float_format="%.17g")
+
     try:
-        for agent, seed in units:
-            path = None if units_dir is None else units_dir / f"{agent}__seed{seed}.csv"
-            if path is not None and resume and path.exists():
-                frame = pd.read_csv(path)
-                counts["resumed"] += 1
-            else:
-                counts["computed"] += 1
-                env = env or setup.make_env()
-                t0 = time.perf_counter()
-                log = rollout(env, make_agent(agent), seed, agent_name=agent)
-                rollout_s += time.perf_counter() - t0
-                frame = phase_record(log, agent, seed, setup.M, setup.L,
-                                     curves=all_curves or agent == "always-fresh")
-                if path is not None:
-                    write_csv(path, frame, float_format="%.17g")
-            frames.append(frame)
-            bar.update(1)
+        with make_executor(executor, ray_address) as ex:
+            results = run_units(ex, regret_unit, units, skip=skip, on_done=save,
+                                progress=progress, desc=f"regret/{setup.backend}")
     finally:
-        bar.close()
-        if env is not None:
+        for env in _ENVS.values():
             env.close()
+        _ENVS.clear()
     steps = counts["computed"] * setup.M * setup.L * setup.C
     counts.update(env_steps=steps, rollout_s=round(rollout_s, 2),
                   steps_per_s_in_rollouts=round(steps / rollout_s) if rollout_s > 0 else None)
-    return pd.concat(frames, ignore_index=True), counts
+    return pd.concat([frame for frame, _ in results], ignore_index=True), counts
 
 
 # ------------------------------------------------------------------------------------- analysis
@@ -383,14 +410,15 @@ def parse_learner(text: str | None) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------- command
 def run_study(setup: Setup, seeds: list[int], out: Path, resume: bool, progress: bool,
               resamples: int, tol: float, max_width: float | None, steps_log: bool,
-              extra_meta: dict[str, Any] | None = None) -> tuple[dict[str, Any], str]:
+              extra_meta: dict[str, Any] | None = None, executor: str = "local",
+              ray_address: str | None = None) -> tuple[dict[str, Any], str]:
     """Collect, analyse and write one study; returns ``(verdicts, summary markdown)``."""
     from nsr_gym.results import command_line, manifest
 
     units_dir = out / ".units" / config_hash(setup.env_kwargs())
     t0 = time.perf_counter()
     wide, counts = collect(setup, seeds, units_dir, resume=resume, progress=progress,
-                           all_curves=steps_log)
+                           all_curves=steps_log, executor=executor, ray_address=ray_address)
     verdicts, per_agent, per_seed = analyse(wide, setup, seeds, resamples, tol, max_width)
     wall = time.perf_counter() - t0
     meta = manifest(command_line(), seeds, wall, env_id=ENV_ID, env_kwargs=setup.env_kwargs(),
@@ -441,7 +469,8 @@ def cmd_regret(args: argparse.Namespace) -> int:
     out = Path(args.out or (Path("results") / ("quick" if args.quick else "") / "regret" / backend))
     verdicts, md = run_study(setup, seeds, out, resume=not args.no_resume,
                              progress=not args.no_progress, resamples=args.resamples, tol=args.tol,
-                             max_width=args.max_width, steps_log=args.steps_log or backend == "torch")
+                             max_width=args.max_width, steps_log=args.steps_log or backend == "torch",
+                             executor=args.executor, ray_address=args.ray_address)
     print(md)
     print(f"wrote {out}/")
     return 1 if verdicts["overall"] == "violated" else 0
@@ -472,4 +501,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="a tiny study under results/quick/regret/")
     p.add_argument("--no-resume", action="store_true", help="recompute units already finished")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="where (agent, seed) units run: here, or as Ray tasks (same records)")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join ('auto', 'host:6379', 'ray://head:10001'); "
+                        "default: a local Ray instance with 2 CPUs")
     p.set_defaults(func=cmd_regret)

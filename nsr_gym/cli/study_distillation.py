@@ -163,7 +163,7 @@ def _plot(summary: pd.DataFrame, path: Path, caption: str) -> None:
 
     top = summary[summary["distill_weight"] == summary["distill_weight"].max()]
     benches = list(dict.fromkeys(top["benchmark"]))
-    fig, axes = plt.subplots(1, len(benches), figsize=(4.2 * len(benches), 3.8),
+    fig, axes = plt.subplots(1, len(benches), figsize=(4.2 * len(benches), 4.2),
                              constrained_layout=True, squeeze=False)
     for ax, bench in zip(axes[0], benches, strict=True):
         g = top[top["benchmark"] == bench]
@@ -172,7 +172,7 @@ def _plot(summary: pd.DataFrame, path: Path, caption: str) -> None:
         ax.bar(x - 0.2, g["bwt_off"], 0.4, label="distillation off")
         ax.bar(x + 0.2, g["bwt_on"], 0.4, label="on")
         ax.axhline(0, color="k", lw=0.6)
-        ax.set_xticks(x, labels, fontsize=6)
+        ax.set_xticks(x, labels, fontsize=6, rotation=35, ha="right")
         ax.set(title=bench, ylabel="BWT (0 = no forgetting)")
     axes[0][0].legend(fontsize=7)
     fig.suptitle(caption, fontsize=7)

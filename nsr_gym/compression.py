@@ -1,0 +1,97 @@
+"""SVD compression of LoRA factors (NSR cycle, step 1: compress before reserving in the bank).
+
+:func:`compress_lora` truncates ``dW = B @ A`` through two thin QRs and an ``r x r`` SVD, never
+forming ``dW``; :func:`dense_truncated_svd` is the dense route it is measured against
+(``nsr-gym perf``).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def compress_lora(
+    B: torch.Tensor, A: torch.Tensor, rank: int | None = None, energy: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Truncated SVD of ``dW = B @ A`` computed without ever forming ``dW``.
+
+    With reduced QRs ``B = Q_B R_B`` and ``A^T = Q_A R_A``, ``dW = Q_B (R_B R_A^T) Q_A^T``, so the
+    SVD of the ``r x r`` core gives that of ``dW`` in ``O((m + n) r^2 + r^3)`` time and
+    ``O((m + n) r)`` memory (the dense route: ``O(m n min(m, n))`` and ``O(m n)``).
+    Kept rank ``k``: ``min(rank, r)`` for ``rank``; the smallest ``k`` with
+    ``sum(s[:k]^2) / sum(s^2) >= energy`` for ``energy`` (values below the numerical-rank
+    tolerance count as zero); the min of the two for both; the numerical rank for neither.
+    Always ``k >= 1``; a zero ``dW`` gives ``k = 1`` zero factors.
+
+    Args:
+        B: ``(m, r)`` float32 or float64.
+        A: ``(r, n)`` float32 or float64.
+        rank: rank budget, ``>= 1``.
+        energy: fraction of the squared Frobenius norm to keep, in ``(0, 1]``.
+
+    Returns:
+        ``(B_k, A_k)``, float32, contiguous, on ``B``'s device, shapes ``(m, k)`` and ``(k, n)``:
+        ``B_k = U_k sqrt(s_k)``, ``A_k = sqrt(s_k) Vh_k``, so ``B_k @ A_k`` is the best rank-``k``
+        approximation of ``dW`` (Eckart-Young).
+
+    Raises:
+        ValueError: for non-2-D or mismatched shapes, NaN/inf, or a bad ``rank``/``energy``.
+    """
+    if B.ndim != 2 or A.ndim != 2 or B.shape[1] != A.shape[0]:
+        raise ValueError(f"compress_lora needs B (m, r), A (r, n); got {tuple(B.shape)}, "
+                         f"{tuple(A.shape)}")
+    if rank is not None and int(rank) < 1:
+        raise ValueError(f"rank must be >= 1, got {rank}")
+    if energy is not None and not 0.0 < float(energy) <= 1.0:
+        raise ValueError(f"energy must be in (0, 1], got {energy}")
+    (m, r), n = B.shape, A.shape[1]
+    in_dtype = torch.promote_types(B.dtype, A.dtype)
+    # The rank tolerance follows the precision the factors were given in (as matrix_rank does);
+    # the arithmetic itself runs in float64, which costs little at O((m + n) r^2).
+    eps = torch.finfo(in_dtype if in_dtype.is_floating_point else torch.float32).eps
+    b64, a64 = B.detach().to(torch.float64), A.detach().to(torch.float64)
+    # A finite sum means finite entries (NaN and inf propagate): one reduction instead of an
+    # elementwise check, which only runs when the sum is not finite (or overflowed).
+    if not (math.isfinite(float(b64.sum())) and math.isfinite(float(a64.sum()))) and not (
+            bool(torch.isfinite(b64).all()) and bool(torch.isfinite(a64).all())):
+        raise ValueError("compress_lora: B and A must be finite (found NaN or inf)")
+    zeros = (torch.zeros(m, 1, device=B.device), torch.zeros(1, n, device=B.device))
+    if min(m, n, r) == 0:
+        return zeros
+    q_b, r_b = torch.linalg.qr(b64)  # (m, p), (p, r), p = min(m, r)
+    q_a, r_a = torch.linalg.qr(a64.T)  # (n, q), (q, r), q = min(n, r)
+    u, s, vh = torch.linalg.svd(r_b @ r_a.T, full_matrices=False)
+    s_np = s.cpu().numpy()
+    if s_np[0] == 0.0:
+        return zeros
+    k = _select_rank(s_np, eps * max(m, n, r), rank, energy)
+    root = s[:k].sqrt()
+    b_k = (q_b @ u[:, :k]) * root
+    a_k = root[:, None] * (vh[:k] @ q_a.T)
+    return b_k.to(torch.float32).contiguous(), a_k.to(torch.float32).contiguous()
+
+
+def _select_rank(s: np.ndarray, rel_tol: float, rank: int | None, energy: float | None) -> int:
+    """Number of singular values to keep; ``s`` is sorted descending with ``s[0] > 0``."""
+    s2 = np.where(s > s[0] * rel_tol, s.astype(np.float64) ** 2, 0.0)
+    nonzero = max(1, int(np.count_nonzero(s2)))
+    k = nonzero if rank is None and energy is None else len(s)
+    if rank is not None:
+        k = min(k, int(rank))
+    if energy is not None:
+        cum = np.cumsum(s2)
+        # Divide by cum[-1] (not s2.sum()) so the ratio reaches exactly 1.0 at the numerical
+        # rank and energy=1.0 never spills into noise-level singular values.
+        ratio = cum / cum[-1]
+        k = min(k, int(np.count_nonzero(ratio < float(energy))) + 1, nonzero)
+    return max(1, k)
+
+
+def dense_truncated_svd(W: torch.Tensor, k: int) -> torch.Tensor:
+    """Reference rank-``k`` truncation of a dense ``(m, n)`` ``W`` (same shape and dtype out) via
+    ``torch.linalg.svd``, ``O(m n min(m, n))``: for tests and benchmarks."""
+    u, s, vh = torch.linalg.svd(W, full_matrices=False)
+    return (u[:, :k] * s[:k]) @ vh[:k]
