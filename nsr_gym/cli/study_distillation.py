@@ -222,9 +222,14 @@ def cmd_distillation(args: argparse.Namespace) -> int:
     store = out / ".units"
     t0 = time.perf_counter()
 
+    resumed = []
+
     def skip(unit):
         p = store / f"{unit.key}.json"
-        return json.loads(p.read_text()) if p.exists() and not args.no_resume else None
+        if not p.exists() or args.no_resume:
+            return None
+        resumed.append(unit.key)
+        return json.loads(p.read_text())
 
     def save(unit, rows):
         atomic_write_text(store / f"{unit.key}.json", json.dumps(rows, default=float))
@@ -242,6 +247,8 @@ def cmd_distillation(args: argparse.Namespace) -> int:
     meta = manifest(command_line(), seeds, time.perf_counter() - t0, benchmarks=benchmarks,
                     weights=weights, executor=args.executor, quick=bool(args.quick),
                     distill_anchors=n_anchors,
+                    units={"computed": len(units) - len(resumed), "resumed": len(resumed),
+                           "unit_wall_s": round(float(runs["wall_s"].sum()), 1)},
                     anchor_bytes_per_task=_anchor_bytes(benchmarks, n_anchors))
     write_csv(out / "runs.csv", runs)
     write_csv(out / "summary.csv", summary)
