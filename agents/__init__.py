@@ -3,6 +3,7 @@
 from agents.evaluation import STEP_COLUMNS, evaluate, rollout
 from agents.policies import (
     RULE_AGENTS,
+    AdaptiveSimilarityRule,
     AlwaysFresh,
     FixedSlot,
     KeepCurrent,
@@ -18,7 +19,7 @@ from agents.specs import make_agent
 from agents.train import TrainConfig, train
 
 __all__ = [
-    "RULE_AGENTS", "STEP_COLUMNS", "AlwaysFresh", "FixedSlot", "KeepCurrent", "Oracle", "Policy",
+    "RULE_AGENTS", "STEP_COLUMNS", "AdaptiveSimilarityRule", "AlwaysFresh", "FixedSlot", "KeepCurrent", "Oracle", "Policy",
     "RandomSlot", "RoundRobin", "SB3Policy", "SimilarityRule", "TrainConfig", "evaluate",
     "load_sb3_policy", "make_agent", "make_policy", "rollout", "train",
 ]

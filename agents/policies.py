@@ -9,7 +9,8 @@ Every policy maps the env's ``Dict`` observation to an action: ``0`` keep, ``1``
   choose from one fixed distribution that ignores which task arrived. The shift signal only
   times their decision, it never informs it.
 * **History-aware**: :class:`SimilarityRule` (argmax cosine, fresh below a threshold): NSR's
-  allocation rule. :class:`RoundRobin` loads slots in turn: a phase counter, which is memory of
+  allocation rule; :class:`AdaptiveSimilarityRule`, the same with a novelty threshold that
+  grows with the bank. :class:`RoundRobin` loads slots in turn: a phase counter, which is memory of
   the schedule, so it is *not* memoryless (it is exact on a strict cycle and useless on a
   recurring one).
 * **Oracle**: :class:`Oracle` reads the true next task from ``info``; the regret reference.
@@ -30,6 +31,8 @@ Obs = dict[str, np.ndarray]
 
 #: ``task_shift`` above which a policy treats the step as the start of a new task.
 SHIFT_THRESHOLD = 0.1
+#: Rival cosines the adaptive novelty threshold needs before it departs from the fixed one.
+MIN_RIVALS = 5
 
 
 class Policy:
@@ -135,14 +138,57 @@ class SimilarityRule(Policy):
     def __init__(self, threshold: float = 0.5) -> None:
         self.threshold = threshold
 
+    def novelty_threshold(self, stored: np.ndarray) -> float:
+        """The cosine the best match must reach, given the cosines to every stored entry."""
+        return self.threshold
+
     def act(self, obs: Obs) -> int:
-        sims = np.where(obs["occupied"] > 0, obs["similarity"], -np.inf)
+        occupied = obs["occupied"] > 0
+        sims = np.where(occupied, obs["similarity"], -np.inf)
         active = _active_slot(obs)
-        if sims.size and np.max(sims) >= self.threshold:
+        if occupied.any() and np.max(sims) >= self.novelty_threshold(obs["similarity"][occupied]):
             best = int(np.argmax(sims))
             # Reload only when the best entry is not already the active subspace.
             return KEEP if best == active else LOAD_OFFSET + best
         return FRESH if _shifted(obs) else KEEP
+
+
+class AdaptiveSimilarityRule(SimilarityRule):
+    """:class:`SimilarityRule` whose novelty threshold grows with the bank.
+
+    A new task's best cosine is the largest of ``n`` rival cosines, and that maximum rises as the
+    bank fills (0.45 with 10 permuted-digit tasks stored, 0.77 with 1000:
+    ``results/scaling/scaling.md``), so a fixed threshold ends up taking every new task for a
+    stored one. This rule reads the rivals off the observation (the cosines to every stored entry
+    but the best: mean ``mu``, variance ``v``), treats them as cosines between random directions
+    in ``d = 1 / v`` dimensions, and takes the level ``t_n`` that the largest of ``n`` such
+    cosines exceeds with probability about ``1 / 2`` (``n P(cos > t_n) = 1``, from the
+    regularised incomplete beta function). It recalls only when the best cosine also reaches
+    ``mu + t_n + margin``; with fewer than :data:`MIN_RIVALS` rivals it is the fixed rule.
+    ``nsr-gym study novelty`` measures what this buys and costs.
+
+    Args:
+        threshold: The fixed rule's threshold, still a floor.
+        margin: Cosine added to the rivals' expected maximum.
+    """
+
+    name = "similarity-adaptive"
+
+    def __init__(self, threshold: float = 0.5, margin: float = 0.1) -> None:
+        super().__init__(threshold)
+        self.margin = margin
+
+    def novelty_threshold(self, stored: np.ndarray) -> float:
+        if stored.size < MIN_RIVALS + 1:
+            return self.threshold
+        from scipy.special import betaincinv  # scipy comes with scikit-learn
+
+        rivals = np.delete(stored, np.argmax(stored)).astype(np.float64)
+        d = max(2.0, 1.0 / max(float(rivals.var(ddof=1)), 1e-12))
+        # P(cos > t) = I_{1 - t^2}((d - 1) / 2, 1 / 2) / 2 for a random direction; set it to 1/n.
+        x = float(betaincinv((d - 1.0) / 2.0, 0.5, min(1.0, 2.0 / rivals.size)))
+        level = float(np.sqrt(max(0.0, 1.0 - x)))
+        return max(self.threshold, float(rivals.mean()) + level + self.margin)
 
 
 class RoundRobin(Policy):
@@ -203,6 +249,7 @@ RULE_AGENTS = {
     "random-slot": RandomSlot,
     "round-robin": RoundRobin,
     "similarity": SimilarityRule,
+    "similarity-adaptive": AdaptiveSimilarityRule,
     "oracle": Oracle,
 }
 

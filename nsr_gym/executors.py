@@ -249,3 +249,34 @@ def run_units(executor: Executor, fn: UnitFn, units: Iterable[Unit],
     for i, r in zip(todo, fresh, strict=True):
         results[i] = r
     return results
+
+
+def run_units_kept(executor: Executor, fn: UnitFn, units: Iterable[Unit], store: Path,
+                   resume: bool = True, progress: bool = True,
+                   desc: str = "units") -> tuple[list[Any], int]:
+    """:func:`run_units` for JSON-able results, each kept as ``store/<unit.key>.json``.
+
+    A unit whose file exists is read back instead of run (unless ``resume`` is off), so an
+    interrupted sweep resumes; files are written atomically as each unit finishes.
+
+    Returns:
+        ``(results in unit order, number of units read back)``.
+    """
+    from nsr_gym.results import atomic_write_text
+
+    resumed = 0
+
+    def skip(unit: Unit) -> Any | None:
+        nonlocal resumed
+        path = store / f"{unit.key}.json"
+        if not resume or not path.exists():
+            return None
+        resumed += 1
+        return json.loads(path.read_text())
+
+    def save(unit: Unit, result: Any) -> None:
+        atomic_write_text(store / f"{unit.key}.json", json.dumps(result, default=float))
+
+    results = run_units(executor, fn, units, skip=skip, on_done=save, progress=progress,
+                        desc=desc)
+    return results, resumed

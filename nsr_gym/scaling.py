@@ -36,6 +36,7 @@ import torch
 
 from nsr_gym.bank import BankEntry, TaskKnowledgeBank
 from nsr_gym.data import Task, load_digits_split, permuted_digits
+from nsr_gym.envs.allocation import LOAD_OFFSET
 from nsr_gym.executors import Unit
 
 Rows = list[dict[str, Any]]
@@ -230,8 +231,10 @@ def env_unit(unit: Unit, policies: Mapping[str, Callable[[], Any]]) -> Rows:
         :func:`nsr_gym.metrics.summarize_run`, and the recall events of the episode:
         ``precision_at_1`` (the bank's top-1 key is the returning task's own entry, over revisits
         whose entry is stored), ``hit_rate`` (revisits whose entry is stored), ``false_recall``
-        (first visits whose best match reaches the novelty threshold), the mean accuracy of
-        first visits and of revisits, ``bytes_per_entry`` and the wall time.
+        (first visits whose best match reaches the fixed novelty threshold), what the agent did
+        with them: ``warm_start_rate`` (first visits it warm-started from a stored entry) and
+        ``revisit_recall_rate`` (revisits with a stored entry where it loaded that entry), the
+        mean accuracy of first visits and of revisits, ``bytes_per_entry`` and the wall time.
     """
     import gymnasium as gym
 
@@ -263,6 +266,8 @@ def env_unit(unit: Unit, policies: Mapping[str, Callable[[], Any]]) -> Rows:
         "precision_at_1": _rate(stored["top1"] == stored["true_slot"]),
         "hit_rate": float(len(stored) / len(revisit)) if len(revisit) else np.nan,
         "false_recall": _rate(first["max_cos"] >= NOVELTY_THRESHOLD),
+        "warm_start_rate": _rate(first["action"] >= LOAD_OFFSET),
+        "revisit_recall_rate": _rate(stored["action"] == LOAD_OFFSET + stored["true_slot"]),
         "acc_first_visits": float(phases.loc[phases["visit"] == 1, "acc_mean"].mean()),
         "acc_revisits": float(phases.loc[phases["visit"] > 1, "acc_mean"].mean()),
         "return_zero_shot": float(phases.loc[phases["visit"] > 1, "zero_shot"].mean()),
@@ -319,7 +324,10 @@ def _episode(env: Any, policy: Any, seed: int) -> tuple[Any, Any]:
                            "max_cos": float(sims.max()) if occ.any() else np.nan})
             seen.add(task)
         action, _ = policy.predict(obs, deterministic=True)
-        obs, reward, terminated, truncated, info = env.step(int(np.asarray(action).reshape(-1)[0]))
+        action = int(np.asarray(action).reshape(-1)[0])
+        if info["next_is_phase_start"]:
+            events[-1]["action"] = action
+        obs, reward, terminated, truncated, info = env.step(action)
         if observe is not None:
             observe(info)
         rows.append({k: info[k] for k in ("phase", "step_in_phase", "task_id", "visit",

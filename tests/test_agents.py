@@ -61,3 +61,46 @@ def test_similarity_matches_oracle_and_beats_memoryless(backend):
     assert ret["similarity"] > ret["keep-current"] and ret["similarity"] > ret["always-fresh"]
     rev = logs["similarity"].query("is_revisit == 1 and step_in_phase == 0")
     assert (rev["action"] >= LOAD_OFFSET).all()  # every return loads an entry
+
+
+def _random_cosines(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
+    keys = rng.normal(size=(n, d))
+    query = rng.normal(size=d)
+    return (keys @ query) / np.linalg.norm(keys, axis=1) / np.linalg.norm(query)
+
+
+def test_adaptive_similarity_threshold_grows_with_the_bank():
+    from agents import AdaptiveSimilarityRule, SimilarityRule
+
+    rng = np.random.default_rng(0)
+    adaptive, fixed = AdaptiveSimilarityRule(), SimilarityRule()
+    # too few rivals: the fixed rule, exactly
+    few = np.array([0.9, 0.1, 0.2], np.float32)
+    assert adaptive.novelty_threshold(few) == fixed.novelty_threshold(few) == 0.5
+    levels = [adaptive.novelty_threshold(_random_cosines(n, 12, rng)) for n in (10, 100, 1000)]
+    assert levels == sorted(levels) and levels[-1] > 0.75
+    # a new task among 1000 random keys: the fixed rule recalls, the adaptive one does not
+    new = _random_cosines(1000, 12, rng).astype(np.float32)
+    K = len(new)
+
+    def obs(sims):
+        return _obs(K=K, sims=sims, occupied=np.ones(K), shift=0.5)
+
+    assert fixed.act(obs(new)) >= LOAD_OFFSET and adaptive.act(obs(new)) == FRESH
+    # a returning task (its own key at cosine 0.97) is still recalled
+    returning = new.copy()
+    returning[123] = 0.97
+    assert adaptive.act(obs(returning)) == LOAD_OFFSET + 123
+
+
+def test_novelty_study_writes_its_results(tmp_path):
+    import pandas as pd
+
+    from nsr_gym.cli import main
+
+    out = tmp_path / "novelty"
+    assert main(["study", "novelty", "--quick", "--out", str(out), "--no-progress"]) == 0
+    runs = pd.read_csv(out / "runs.csv")
+    assert set(runs["agent"]) == {"similarity", "similarity-adaptive"}
+    assert runs["warm_start_rate"].between(0, 1).all()
+    assert "Written by `" in (out / "novelty.md").read_text()

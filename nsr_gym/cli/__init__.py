@@ -11,7 +11,7 @@ import importlib
 import sys
 
 #: Command modules, in the order ``nsr-gym --help`` lists them.
-COMMAND_MODULES = ("run", "lora_check", "regret", "fit", "train", "study", "study_scaling", "study_distillation", "leaderboard", "budget", "perf")
+COMMAND_MODULES = ("run", "lora_check", "regret", "fit", "train", "study", "study_scaling", "study_distillation", "study_novelty", "leaderboard", "budget", "perf")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -38,3 +38,17 @@ def parse_seeds(text: str) -> list[int]:
 def config_hash(obj: object) -> str:
     """A short stable hash of a JSON-able configuration (names resume directories)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def add_study_options(p: argparse.ArgumentParser, name: str, seeds: str, quick: str) -> None:
+    """The options every resumable study shares: seeds, output folder, ``--quick``, executor,
+    resume and progress. ``name`` is the study's folder under ``results/``."""
+    p.add_argument("--seeds", type=parse_seeds, default=None, help=f"a count or a list ({seeds})")
+    p.add_argument("--out", default=None, help=f"output directory (default results/{name})")
+    p.add_argument("--quick", action="store_true",
+                   help=f"{quick}, under results/quick/{name} (a smoke test)")
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="where the units run: here, or as Ray tasks (same results)")
+    p.add_argument("--ray-address", default=None, help="a running Ray cluster (see executors)")
+    p.add_argument("--no-resume", action="store_true", help="recompute finished units")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nsr_gym.cli._common import markdown_table, parse_seeds
+from nsr_gym.cli._common import add_study_options, markdown_table
 from nsr_gym.cli.study_scaling import _studies
 
 BENCHMARKS = ("FiveDomains", "PermutedDigits", "CyclicSplitDigits")
@@ -195,7 +194,7 @@ def _anchor_bytes(benchmarks: list[str], anchors: int) -> dict[str, int]:
 
 def cmd_distillation(args: argparse.Namespace) -> int:
     from nsr_gym import scaling
-    from nsr_gym.executors import make_executor, run_units
+    from nsr_gym.executors import make_executor, run_units_kept
     from nsr_gym.learners.torch_learner import TorchLearnerConfig
     from nsr_gym.results import (atomic_write_text, command_line, manifest, provenance_line,
                                  write_csv, write_json)
@@ -219,26 +218,13 @@ def cmd_distillation(args: argparse.Namespace) -> int:
     seeds = args.seeds or ([0] if args.quick else list(range(5)))
     out = Path(args.out or ("results/quick/distillation" if args.quick else "results/distillation"))
     out.mkdir(parents=True, exist_ok=True)
-    store = out / ".units"
     t0 = time.perf_counter()
-
-    resumed = []
-
-    def skip(unit):
-        p = store / f"{unit.key}.json"
-        if not p.exists() or args.no_resume:
-            return None
-        resumed.append(unit.key)
-        return json.loads(p.read_text())
-
-    def save(unit, rows):
-        atomic_write_text(store / f"{unit.key}.json", json.dumps(rows, default=float))
-
     units = _units(benchmarks, weights, seeds, args.quick)
     fn = functools.partial(scaling.env_unit, policies=_policies())
     with make_executor(args.executor, args.ray_address) as executor:
-        results = run_units(executor, fn, units, skip=skip, on_done=save,
-                            progress=not args.no_progress, desc="distillation")
+        results, resumed = run_units_kept(executor, fn, units, out / ".units",
+                                          resume=not args.no_resume,
+                                          progress=not args.no_progress, desc="distillation")
     runs = pd.DataFrame([row for rows in results for row in rows])
     runs = runs[["benchmark", "reserve", "agent", "distill_weight", "seed", "bank_entries",
                  *METRICS, "recovery", "wall_s"]]
@@ -247,7 +233,7 @@ def cmd_distillation(args: argparse.Namespace) -> int:
     meta = manifest(command_line(), seeds, time.perf_counter() - t0, benchmarks=benchmarks,
                     weights=weights, executor=args.executor, quick=bool(args.quick),
                     distill_anchors=n_anchors,
-                    units={"computed": len(units) - len(resumed), "resumed": len(resumed),
+                    units={"computed": len(units) - resumed, "resumed": resumed,
                            "unit_wall_s": round(float(runs["wall_s"].sum()), 1)},
                     anchor_bytes_per_task=_anchor_bytes(benchmarks, n_anchors))
     write_csv(out / "runs.csv", runs)
@@ -297,13 +283,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help=f"comma-separated, from {', '.join(BENCHMARKS)}")
     p.add_argument("--weights", default="1",
                    help="distillation weights to compare with 0, comma-separated (default 1)")
-    p.add_argument("--seeds", type=parse_seeds, default=None, help="a count (5) or a list (0,1,2)")
-    p.add_argument("--out", default=None, help="output directory (default results/distillation)")
-    p.add_argument("--quick", action="store_true",
-                   help="short episodes, one seed, under results/quick/ (a smoke test)")
-    p.add_argument("--executor", default="local", choices=["local", "ray"],
-                   help="where the units run")
-    p.add_argument("--ray-address", default=None, help="a running Ray cluster (see executors)")
-    p.add_argument("--no-resume", action="store_true", help="recompute finished units")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_study_options(p, "distillation", seeds="default 5", quick="short episodes, one seed")
     p.set_defaults(func=cmd_distillation)
