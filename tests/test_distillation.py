@@ -212,3 +212,8 @@ def test_study_distillation_bad_input(tmp_path, capsys, args, message):
 
     assert main(["study", "distillation", "--out", str(tmp_path), *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_distillation_on_the_analytic_backend_says_it_is_a_torch_option():
+    with pytest.raises(ValueError, match=r"\['distill_weight'\] belong to the torch backend"):
+        gym.make("nsr_gym/FiveDomains-v0", backend="analytic", learner={"distill_weight": 1.0})

@@ -272,6 +272,11 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             overrides = {k: v for k, v in overrides.items() if k not in BACKBONE_OPTIONS}
         known = set(config_cls.__dataclass_fields__)
         unknown = sorted(set(overrides) - known)
+        torch_only = [k for k in unknown if k in TorchLearnerConfig.__dataclass_fields__]
+        if torch_only:
+            raise ValueError(f"learner option(s) {torch_only} belong to the torch backend (the "
+                             f"{backend} model has no such part); drop them or use "
+                             "backend='torch'")
         if unknown:
             raise ValueError(f"unknown {backend} learner option(s) {unknown}; known: {sorted(known)}")
         problems = validation.learner_option_problems(backend, overrides)
