@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import sys
 
 #: Command modules, in the order ``nsr-gym --help`` lists them.
 COMMAND_MODULES = ("run", "lora_check", "regret", "fit", "train", "study", "study_scaling", "study_distillation", "study_novelty", "leaderboard", "budget", "perf")

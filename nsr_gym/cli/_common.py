@@ -52,3 +52,12 @@ def add_study_options(p: argparse.ArgumentParser, name: str, seeds: str, quick: 
     p.add_argument("--ray-address", default=None, help="a running Ray cluster (see executors)")
     p.add_argument("--no-resume", action="store_true", help="recompute finished units")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def study_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
+    """The ``study`` command's subcommands, shared with the other study modules."""
+    study = sub.choices.get("study")
+    if study is None:
+        study = sub.add_parser("study", help="controlled studies (results/<study>)")
+        return study.add_subparsers(dest="study", required=True)
+    return next(a for a in study._actions if isinstance(a, argparse._SubParsersAction))

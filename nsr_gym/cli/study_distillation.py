@@ -30,8 +30,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nsr_gym.cli._common import add_study_options, markdown_table
-from nsr_gym.cli.study_scaling import _studies
+from nsr_gym.cli._common import add_study_options, markdown_table, study_subparsers
 
 BENCHMARKS = ("FiveDomains", "PermutedDigits", "CyclicSplitDigits")
 RESERVES = ("owner", "active")
@@ -276,7 +275,7 @@ def cmd_distillation(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = _studies(sub).add_parser(
+    p = study_subparsers(sub).add_parser(
         "distillation", help="ablation: BWT and accuracy with and without distillation, "
                              "entries per task or shared (results/distillation)")
     p.add_argument("--benchmarks", default=",".join(BENCHMARKS),

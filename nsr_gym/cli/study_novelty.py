@@ -22,8 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from nsr_gym.cli._common import add_study_options, markdown_table
-from nsr_gym.cli.study_scaling import _studies
+from nsr_gym.cli._common import add_study_options, markdown_table, study_subparsers
 
 LONG = "nsr_gym/LongHorizonPermutedDigits-v0"
 AGENTS = ("similarity", "similarity-adaptive")
@@ -148,7 +147,7 @@ def cmd_novelty(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
-    p = _studies(sub).add_parser(
+    p = study_subparsers(sub).add_parser(
         "novelty", help="fixed vs adaptive novelty threshold on the long-horizon stream "
                         "(results/novelty)")
     add_study_options(p, "novelty", seeds="default 3", quick="small settings, one seed")
