@@ -1,4 +1,5 @@
-"""The controlled study's pieces (agents/controller_study.py) on the analytic backend."""
+"""The controlled study's pieces (agents/controller_study.py, controller_tables.py) on the
+analytic backend."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 from agents import controller_study as cs
+from agents import controller_tables as ct
 from agents import make_agent
 
 RULES = ("similarity", "oracle", "keep-current", "fixed-slot", "round-robin")
@@ -18,24 +20,24 @@ def steps():
 
 
 def test_tables_of_the_study(steps):
-    runs = cs.summarize(steps)
+    runs = ct.summarize(steps)
     assert set(runs["agent"]) == set(RULES)
-    assert cs.best_memoryless(runs) == {("cyclic", "analytic"): "fixed-slot"}
-    tab = cs.table(runs, ["similarity", "oracle", "round-robin"])
+    assert ct.best_memoryless(runs) == {("cyclic", "analytic"): "fixed-slot"}
+    tab = ct.table(runs, ["similarity", "oracle", "round-robin"])
     best = "fixed-slot (best memoryless)"
     assert list(tab["agent"]) == ["similarity", "oracle", "round-robin", best]
     sim = tab.iloc[0]
     assert sim["recovery"] == 0 and sim["regret"] == 0 and sim["seeds"] == 2
     # round-robin stands in for a learned controller: a strict cycle makes it exact
-    vs = cs.paired_vs(runs, ["round-robin"], "similarity")
+    vs = ct.paired_vs(runs, ["round-robin"], "similarity")
     assert vs["diff"].iloc[0] == pytest.approx(0)
     assert vs["pct_of_reference"].iloc[0] == pytest.approx(100)
-    vs = cs.paired_vs(runs, ["round-robin"], None)  # against the best memoryless agent
+    vs = ct.paired_vs(runs, ["round-robin"], None)  # against the best memoryless agent
     assert vs["reference"].iloc[0] == "fixed-slot" and (vs["ci_low"] > 0).all()
 
 
 def test_switch_curves_have_a_band_per_offset(steps):
-    curves = cs.switch_curves(steps, before=3, after=5)
+    curves = ct.switch_curves(steps, before=3, after=5)
     sim = curves[curves["agent"] == "similarity"]
     assert list(sim["offset"]) == list(range(-3, 5))
     assert (sim["ci_low"] <= sim["accuracy"] + 1e-12).all()

@@ -236,6 +236,7 @@ def cmd_controllers(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from agents import controller_study as cs
+    from agents import controller_tables as ct
     from agents import make_agent
     from agents.train import ALGOS, load_hyperparams
     from nsr_gym import metrics
@@ -305,17 +306,17 @@ def cmd_controllers(args: argparse.Namespace) -> int:
     wall = time.perf_counter() - t0
 
     # ---- 4. tables, curves, plot, markdown ----------------------------------------------------
-    runs = cs.summarize(steps)
+    runs = ct.summarize(steps)
     learned_names = [a for a in steps["agent"].unique() if a not in cs.RULES]
     main = ["similarity", "oracle", *learned_names]
-    tab = cs.table(runs, main)
-    transfer = cs.transfer_gap(runs, learned_names)
+    tab = ct.table(runs, main)
+    transfer = ct.transfer_gap(runs, learned_names)
     vs_rule = pd.concat(
-        [cs.paired_vs(runs, learned_names, "similarity"), cs.paired_vs(runs, learned_names, None)],
+        [ct.paired_vs(runs, learned_names, "similarity"), ct.paired_vs(runs, learned_names, None)],
         ignore_index=True,
     )
     curves_agents = set(main) | {a.split(" (")[0] for a in tab["agent"]}
-    curves = cs.switch_curves(steps[steps["agent"].isin(curves_agents)])
+    curves = ct.switch_curves(steps[steps["agent"].isin(curves_agents)])
     meta = manifest(
         command_line(),
         seeds,
