@@ -60,6 +60,9 @@ FAST, REF = "torch fast", "torch peft (reference)"
 #: (path label, benchmark, backend, learner options) of the throughput section.
 CASES = [(FAST, "CyclicSplitDigits", "torch", {"fast": True}),
          (REF, "CyclicSplitDigits", "torch", {"fast": False}),
+         # what the distillation term costs: protected tasks' anchors run forward and backward
+         ("torch fast + distillation", "CyclicSplitDigits", "torch",
+          {"fast": True, "distill_weight": 1.0}),
          ("analytic", "CyclicSplitDigits", "analytic", None),
          (FAST, "CyclicSplitDigitsViT", "torch", {"backbone": "vit", "fast": True}),
          (REF, "CyclicSplitDigitsViT", "torch", {"backbone": "vit", "fast": False})]
