@@ -126,7 +126,8 @@ def test_perf_quick_writes_results(tmp_path):
     meta = json.loads((out / "manifest.json").read_text())
     assert meta["command"].startswith("nsr-gym perf") and meta["versions"]["torch"]
     throughput = pd.read_csv(out / "throughput.csv")
-    assert set(throughput.path) == {"torch fast", "torch peft (reference)", "analytic"}
+    assert set(throughput.path) == {"torch fast", "torch peft (reference)", "analytic",
+                                    "torch fast + distillation"}
     assert (throughput.steps_per_s_cpu > 0).all()
     comp = pd.read_csv(out / "compression.csv")
     assert (comp.max_rel_diff < 1e-4).all()  # the fast compression gives the dense answer
