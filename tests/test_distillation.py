@@ -217,3 +217,18 @@ def test_study_distillation_bad_input(tmp_path, capsys, args, message):
 def test_distillation_on_the_analytic_backend_says_it_is_a_torch_option():
     with pytest.raises(ValueError, match=r"\['distill_weight'\] belong to the torch backend"):
         gym.make("nsr_gym/FiveDomains-v0", backend="analytic", learner={"distill_weight": 1.0})
+
+
+def test_run_cli_takes_reserve_and_distillation(tmp_path):
+    import json
+
+    from nsr_gym.cli import main
+
+    out = tmp_path / "run"
+    assert main(["run", "--benchmark", "CyclicSplitDigits", "--agents", "keep-current",
+                 "--seeds", "1", "--cycles", "2", "--reserve", "active", "--distill-weight",
+                 "1", "--out", str(out), "--no-progress"]) == 0
+    kwargs = json.loads((out / "manifest.json").read_text())["env_kwargs"]
+    assert kwargs["reserve"] == "active" and kwargs["learner"] == {"distill_weight": 1.0}
+    assert main(["run", "--backend", "analytic", "--distill-weight", "1",
+                 "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
