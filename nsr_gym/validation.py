@@ -81,6 +81,7 @@ LEARNER_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
         "distill_weight": ((lambda v: _is_num(v) and v >= 0), "a finite number >= 0"),
         "distill_temperature": _POSITIVE,
         "distill_anchors": _int_at_least(1),
+        "distill_max_tasks": _int_at_least(1),
         **{k: _int_at_least(1) for k in ("vit_patch", "vit_dim", "vit_depth", "vit_heads",
                                          "lora_blocks")},
     },

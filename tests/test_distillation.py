@@ -232,3 +232,20 @@ def test_run_cli_takes_reserve_and_distillation(tmp_path):
     assert kwargs["reserve"] == "active" and kwargs["learner"] == {"distill_weight": 1.0}
     assert main(["run", "--backend", "analytic", "--distill-weight", "1",
                  "--out", str(tmp_path / "bad"), "--no-progress"]) == 2
+
+
+def test_protection_is_capped_at_the_most_recent_tasks():
+    learner = _learner(make_tasks("permuted_digits", 6), distill_weight=1.0, distill_max_tasks=2,
+                       distill_anchors=8)
+    learner.protect([0, 3, 1, 4, 3])
+    anchors = sum(len(teacher) for _, _, teacher in learner._teacher)
+    assert anchors == 2 * 8  # tasks 1 and 4 of 0, 3, 1, 4 (3 counted once, where first given)
+
+
+def test_env_names_the_backend_of_a_ready_learner():
+    from nsr_gym.learners.analytic import AnalyticLearner
+
+    env = AllocationEnv(learner=AnalyticLearner(5), n_tasks=5, **SHORT)
+    assert env.backend == "analytic"
+    env.reset(seed=0)
+    env.step(1)

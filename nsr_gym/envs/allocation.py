@@ -194,8 +194,9 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             backend: ``"torch"`` or ``"analytic"``.
             learner: Keyword overrides of ``TorchLearnerConfig`` or ``AnalyticConfig``; or a
                 ready :class:`~nsr_gym.learners.base.Learner` (such as a paper-scale
-                ``make_paper_learner(...)``), which brings its own tasks: ``tasks`` is then
-                ignored, ``n_tasks`` must equal its ``n_tasks``, and ``backend`` names its kind.
+                ``make_paper_learner(...)``), which brings its own tasks: ``tasks`` and
+                ``backend`` are then ignored (its class says which), and ``n_tasks`` must equal
+                its ``n_tasks``.
             reserve: ``"owner"`` (an entry per task) or ``"active"`` (shared entries, updated in
                 place); see the class docstring.
             render_mode: ``None`` or ``"ansi"``.
@@ -219,8 +220,11 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self.n_tasks = int(n_tasks)
         self.reserve = reserve
 
-        self.learner: Learner = (learner if isinstance(learner, Learner)
-                                 else self._make_learner(backend, tasks, n_tasks, learner or {}))
+        if isinstance(learner, Learner):  # a ready learner names its own kind
+            self.learner: Learner = learner
+            self.backend = "analytic" if isinstance(learner, AnalyticLearner) else "torch"
+        else:
+            self.learner = self._make_learner(backend, tasks, n_tasks, learner or {})
         self.bank = TaskKnowledgeBank(self.capacity, self.learner.key_dim, eviction)
         self._stream: TaskStream | None = None
         self.n_steps = self.n_tasks * self.n_cycles * self.phase_length

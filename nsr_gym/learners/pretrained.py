@@ -320,6 +320,8 @@ class PretrainedConfig:
     distill_anchors: int = 32
     """Anchor images per protected task; each update runs the backbone on all of them, so this
     is far below the small backbones' 256."""
+    distill_max_tasks: int = 4
+    """Protect at most this many tasks, the most recently served."""
 
 
 class PretrainedLearner(TorchLearner):
@@ -347,6 +349,7 @@ class PretrainedLearner(TorchLearner):
             distill_weight=pcfg.distill_weight,
             distill_temperature=pcfg.distill_temperature,
             distill_anchors=pcfg.distill_anchors,
+            distill_max_tasks=pcfg.distill_max_tasks,
             device="cpu",
             fast=False,
         )

@@ -110,6 +110,10 @@ class TorchLearnerConfig:
     task beside its bank entry; ``nsr-gym study distillation`` reports them). Fewer protect
     less: the outputs stay put on the anchors but drift elsewhere (32 anchors keep almost none
     of a Split-Digits task's test accuracy; 256 keep most)."""
+    distill_max_tasks: int = 16
+    """Protect at most this many tasks, the most recently served: every update runs the anchors
+    of all protected tasks, so a subspace kept across hundreds of tasks would otherwise cost
+    hundreds of forward passes per update."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -297,10 +301,11 @@ class TorchLearner(Learner):
     def protect(self, task_ids: Sequence[int]) -> None:
         """Distil toward the active subspace as it is now on ``task_ids``' anchor inputs during
         the coming updates (see the module docstring); empty, or ``distill_weight == 0``: off.
+        ``task_ids`` run oldest first; the last ``distill_max_tasks`` are protected.
 
         Draws no random numbers, so turning distillation on leaves the data order unchanged.
         """
-        ids = sorted({int(t) for t in task_ids})
+        ids = list(dict.fromkeys(int(t) for t in task_ids))  # unique, in the order given
         bad = [t for t in ids if not 0 <= t < self.n_tasks]
         if bad:
             raise ValueError(f"cannot protect task ids {bad}: this learner has tasks "
@@ -309,7 +314,7 @@ class TorchLearner(Learner):
         if self.config.distill_weight == 0 or not ids:
             return
         groups: dict[int, list[int]] = {}
-        for t in ids:
+        for t in sorted(ids[-self.config.distill_max_tasks:]):
             groups.setdefault(self.tasks[t].n_classes, []).append(t)
         with torch.no_grad():
             for n_classes, members in groups.items():
