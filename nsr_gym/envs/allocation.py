@@ -115,6 +115,8 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     * ``"active"``: entries are shared and updated in place. The subspace is written back into
       the slot it was loaded from (its ``tasks_served`` grows, its key becomes the mean probe
       embedding of those tasks); only a subspace that is not an entry (a fresh one) is inserted.
+      An entry keeps the task it was first stored for as its owner, so ``info["next_task_slot"]``
+      (the oracle's ground truth) names a slot only for a task that owns one.
 
     With the torch learner's ``distill_weight > 0``, training protects the tasks the active
     subspace already served: when a subspace is chosen (a load, a fresh one, or a new phase) the
