@@ -186,7 +186,7 @@ def test_study_distillation_writes_its_results(tmp_path, capsys):
 
     out = tmp_path / "d"
     argv = ["study", "distillation", "--quick", "--benchmarks", "CyclicSplitDigits",
-            "--out", str(out), "--no-progress"]
+            "--weights", "1", "--out", str(out), "--no-progress"]
     assert main(argv) == 0
     for name in ("runs.csv", "summary.csv", "distillation.md", "distillation.png",
                  "manifest.json"):

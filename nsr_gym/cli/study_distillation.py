@@ -11,7 +11,8 @@ benchmark, with distillation off (``distill_weight = 0``) or on, under one of th
 * ``active``: entries are shared and updated in place: a task warm-started from another task's
   entry is written back into it. Here the term protects every task the entry served.
 
-Agents: the similarity rule at its default novelty threshold, the same rule with threshold 0
+Each setting runs at every ``--weights`` value (default 0.3, 1, 3) against the same seeds with
+distillation off. Agents: the similarity rule at its default novelty threshold, the same rule with threshold 0
 (it recalls, and so shares, far more often), and keep-current (one subspace for everything).
 Writes ``results/distillation/``: ``runs.csv`` (per seed), ``summary.csv``, ``distillation.md``
 (tables with bootstrap CIs over seeds, paired per seed, and findings computed from them),
@@ -127,15 +128,28 @@ def _headline(summary: pd.DataFrame) -> list[str]:
                      f"similarity rule's BWT at {worst:.3f} or better, and distillation changes it "
                      f"by at most {change:.3f}: a per-task entry is never overwritten by another "
                      "task, so there is nothing for it to protect.")
-    if len(shared):
-        factors = shared["bwt_off"] / shared["bwt_on"].where(shared["bwt_on"] < 0)
-        lines.append(f"- Where one subspace serves several tasks (shared entries updated in place, "
-                     f"or keep-current), distillation brings BWT {factors.min():.1f}x to "
-                     f"{factors.max():.1f}x closer to zero (BWT off {shared['bwt_off'].min():.3f} "
-                     f"to {shared['bwt_off'].max():.3f}; on {shared['bwt_on'].min():.3f} to "
-                     f"{shared['bwt_on'].max():.3f}) in {len(shared)} settings, and changes final "
-                     f"accuracy by {shared['acc_final_delta'].min():+.3f} to "
-                     f"{shared['acc_final_delta'].max():+.3f}.")
+    if not len(shared):
+        return lines
+    keys = ["benchmark", "reserve", "agent"]
+    groups = [g.sort_values("distill_weight") for _, g in shared.groupby(keys, sort=False)]
+    weights = sorted(shared["distill_weight"].unique())
+    factors = shared["bwt_off"] / shared["bwt_on"].where(shared["bwt_on"] < 0)
+    lines.append(f"- Where one subspace serves several tasks (shared entries updated in place, "
+                 f"or keep-current), distillation brings BWT {factors.min():.1f}x to "
+                 f"{factors.max():.1f}x closer to zero (BWT off {shared['bwt_off'].min():.3f} "
+                 f"to {shared['bwt_off'].max():.3f}; on {shared['bwt_on'].min():.3f} to "
+                 f"{shared['bwt_on'].max():.3f}) in {len(groups)} settings x {len(weights)} "
+                 f"weight(s), and changes final accuracy by "
+                 f"{shared['acc_final_delta'].min():+.3f} to "
+                 f"{shared['acc_final_delta'].max():+.3f}.")
+    if len(weights) > 1:
+        monotone = sum(bool((np.diff(g["bwt_on"].to_numpy()) >= 0).all()) for g in groups)
+        peaks = pd.Series([g.loc[g["acc_online_on"].idxmax(), "distill_weight"] for g in groups])
+        peak, n_peak = peaks.value_counts().idxmax(), int(peaks.value_counts().max())
+        lines.append(f"- Across weights {', '.join(f'{w:g}' for w in weights)}: BWT moves closer "
+                     f"to zero as the weight grows in {monotone} of {len(groups)} of those "
+                     f"settings, while online accuracy peaks at weight {peak:g} in {n_peak} of "
+                     "them: more protection, less plasticity.")
     return lines
 
 
@@ -159,16 +173,20 @@ def _plot(summary: pd.DataFrame, path: Path, caption: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    top = summary[summary["distill_weight"] == summary["distill_weight"].max()]
-    benches = list(dict.fromkeys(top["benchmark"]))
+    weights = sorted(summary["distill_weight"].unique())
+    benches = list(dict.fromkeys(summary["benchmark"]))
     fig, axes = plt.subplots(1, len(benches), figsize=(4.2 * len(benches), 4.2),
                              constrained_layout=True, squeeze=False)
+    width = 0.8 / (len(weights) + 1)
     for ax, bench in zip(axes[0], benches, strict=True):
-        g = top[top["benchmark"] == bench]
-        labels = [f"{a}\n{r}" for a, r in zip(g["agent"], g["reserve"], strict=True)]
-        x = np.arange(len(g))
-        ax.bar(x - 0.2, g["bwt_off"], 0.4, label="distillation off")
-        ax.bar(x + 0.2, g["bwt_on"], 0.4, label="on")
+        b = summary[summary["benchmark"] == bench]
+        first = b[b["distill_weight"] == weights[0]]
+        labels = [f"{a}\n{r}" for a, r in zip(first["agent"], first["reserve"], strict=True)]
+        x = np.arange(len(first))
+        ax.bar(x - 0.4 + width / 2, first["bwt_off"], width, label="distillation off")
+        for i, w in enumerate(weights, start=1):
+            on = b[b["distill_weight"] == w]
+            ax.bar(x - 0.4 + width * (i + 0.5), on["bwt_on"], width, label=f"weight {w:g}")
         ax.axhline(0, color="k", lw=0.6)
         ax.set_xticks(x, labels, fontsize=6, rotation=35, ha="right")
         ax.set(title=bench, ylabel="BWT (0 = no forgetting)")
@@ -280,7 +298,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                              "entries per task or shared (results/distillation)")
     p.add_argument("--benchmarks", default=",".join(BENCHMARKS),
                    help=f"comma-separated, from {', '.join(BENCHMARKS)}")
-    p.add_argument("--weights", default="1",
-                   help="distillation weights to compare with 0, comma-separated (default 1)")
+    p.add_argument("--weights", default="0.3,1,3",
+                   help="distillation weights to compare with 0, comma-separated (default 0.3,1,3)")
     add_study_options(p, "distillation", seeds="default 5", quick="short episodes, one seed")
     p.set_defaults(func=cmd_distillation)
