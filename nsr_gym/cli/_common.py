@@ -40,6 +40,15 @@ def config_hash(obj: object) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
+def add_executor_options(p: argparse.ArgumentParser, units: str = "units") -> None:
+    """``--executor local|ray`` and ``--ray-address`` (see :mod:`nsr_gym.executors`)."""
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help=f"where the {units} run: here, or as Ray tasks (same results)")
+    p.add_argument("--ray-address", default=None,
+                   help="Ray cluster to join ('auto', 'host:6379', 'ray://head:10001'); "
+                        "default: a local Ray instance with 2 CPUs")
+
+
 def add_study_options(p: argparse.ArgumentParser, name: str, seeds: str, quick: str) -> None:
     """The options every resumable study shares: seeds, output folder, ``--quick``, executor,
     resume and progress. ``name`` is the study's folder under ``results/``."""
@@ -47,9 +56,7 @@ def add_study_options(p: argparse.ArgumentParser, name: str, seeds: str, quick: 
     p.add_argument("--out", default=None, help=f"output directory (default results/{name})")
     p.add_argument("--quick", action="store_true",
                    help=f"{quick}, under results/quick/{name} (a smoke test)")
-    p.add_argument("--executor", default="local", choices=["local", "ray"],
-                   help="where the units run: here, or as Ray tasks (same results)")
-    p.add_argument("--ray-address", default=None, help="a running Ray cluster (see executors)")
+    add_executor_options(p)
     p.add_argument("--no-resume", action="store_true", help="recompute finished units")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nsr_gym.cli._common import config_hash, markdown_table, parse_seeds
+from nsr_gym.cli._common import add_executor_options, config_hash, markdown_table, parse_seeds
 from theory.protocol import curve_columns
 
 #: THEORY.md's comparator B; ``bank`` in every output.
@@ -501,9 +501,5 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="a tiny study under results/quick/regret/")
     p.add_argument("--no-resume", action="store_true", help="recompute units already finished")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--executor", default="local", choices=["local", "ray"],
-                   help="where (agent, seed) units run: here, or as Ray tasks (same records)")
-    p.add_argument("--ray-address", default=None,
-                   help="Ray cluster to join ('auto', 'host:6379', 'ray://head:10001'); "
-                        "default: a local Ray instance with 2 CPUs")
+    add_executor_options(p, "(agent, seed) units")
     p.set_defaults(func=cmd_regret)

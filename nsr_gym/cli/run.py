@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from nsr_gym.cli._common import config_hash, markdown_table, parse_seeds
+from nsr_gym.cli._common import add_executor_options, config_hash, markdown_table, parse_seeds
 
 DEFAULT_AGENTS = ("similarity", "oracle", "round-robin", "random-slot", "keep-current",
                   "always-fresh", "fixed-slot")
@@ -263,11 +263,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="2 seeds, 2 cycles, written under results/quick/")
     p.add_argument("--no-resume", action="store_true", help="recompute units already finished")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--executor", default="local", choices=["local", "ray"],
-                   help="where (agent, seed) units run: here, or as Ray tasks (same results)")
-    p.add_argument("--ray-address", default=None,
-                   help="Ray cluster to join ('auto', 'host:6379', 'ray://head:10001'); "
-                        "default: a local Ray instance with 2 CPUs")
+    add_executor_options(p, "(agent, seed) units")
     p.set_defaults(func=_interruptible(cmd_run))
 
     p = sub.add_parser("envs", help="list the registered env ids")

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nsr_gym.cli._common import parse_seeds, study_subparsers
+from nsr_gym.cli._common import add_executor_options, parse_seeds, study_subparsers
 from nsr_gym.cli.scaling_report import LONG, write_report
 
 SECTIONS = ("recall", "similarity", "compression", "horizon", "eviction", "diskbank")
@@ -325,11 +325,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    help="entries of 0.29 MB in a second disk bank (default 10000; 0 skips it)")
     p.add_argument("--disk-dir", default=None, help="where the disk banks are written (then "
                                                     "deleted)")
-    p.add_argument("--executor", default="local", choices=["local", "ray"],
-                   help="where units run: here, or as Ray tasks (same results)")
-    p.add_argument("--ray-address", default=None,
-                   help="Ray cluster to join ('auto', 'host:6379', 'ray://head:10001'); "
-                        "default: a local Ray instance with 2 CPUs")
+    add_executor_options(p, "units")
     p.add_argument("--no-resume", action="store_true", help="recompute finished units")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.add_argument("--report-only", action="store_true",
