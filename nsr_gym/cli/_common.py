@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+from pathlib import Path
 
 import pandas as pd
 
@@ -68,3 +69,28 @@ def study_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAct
         study = sub.add_parser("study", help="controlled studies (results/<study>)")
         return study.add_subparsers(dest="study", required=True)
     return next(a for a in study._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def run_episode_units(args: argparse.Namespace, units: list, policies: dict, out: Path,
+                      desc: str) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Run a study's env-episode units (:func:`nsr_gym.scaling.env_unit`) on ``--executor``,
+    keeping each finished one under ``out/.units`` (resumed unless ``--no-resume``).
+
+    Returns:
+        One row per episode, and the unit counts for the manifest (computed, resumed, and the
+        summed wall time of the episodes, whenever they ran).
+    """
+    import functools
+
+    from nsr_gym import scaling
+    from nsr_gym.executors import make_executor, run_units_kept
+
+    fn = functools.partial(scaling.env_unit, policies=policies)
+    with make_executor(args.executor, args.ray_address) as executor:
+        results, resumed = run_units_kept(executor, fn, units, out / ".units",
+                                          resume=not args.no_resume,
+                                          progress=not args.no_progress, desc=desc)
+    runs = pd.DataFrame([row for rows in results for row in rows])
+    counts = {"computed": len(units) - resumed, "resumed": resumed,
+              "unit_wall_s": round(float(runs["wall_s"].sum()), 1)}
+    return runs, counts

@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nsr_gym.cli._common import add_study_options, markdown_table, study_subparsers
+from nsr_gym.cli._common import (add_study_options, markdown_table, run_episode_units,
+                                 study_subparsers)
 
 BENCHMARKS = ("FiveDomains", "PermutedDigits", "CyclicSplitDigits")
 RESERVES = ("owner", "active")
@@ -210,8 +211,6 @@ def _anchor_bytes(benchmarks: list[str], anchors: int) -> dict[str, int]:
 
 
 def cmd_distillation(args: argparse.Namespace) -> int:
-    from nsr_gym import scaling
-    from nsr_gym.executors import make_executor, run_units_kept
     from nsr_gym.learners.torch_learner import TorchLearnerConfig
     from nsr_gym.results import (atomic_write_text, command_line, manifest, provenance_line,
                                  write_csv, write_json)
@@ -237,12 +236,7 @@ def cmd_distillation(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     units = _units(benchmarks, weights, seeds, args.quick)
-    fn = functools.partial(scaling.env_unit, policies=_policies())
-    with make_executor(args.executor, args.ray_address) as executor:
-        results, resumed = run_units_kept(executor, fn, units, out / ".units",
-                                          resume=not args.no_resume,
-                                          progress=not args.no_progress, desc="distillation")
-    runs = pd.DataFrame([row for rows in results for row in rows])
+    runs, counts = run_episode_units(args, units, _policies(), out, "distillation")
     runs = runs[["benchmark", "reserve", "agent", "distill_weight", "seed", "bank_entries",
                  *METRICS, "recovery", "wall_s"]]
     summary = summarize(runs)
@@ -250,8 +244,7 @@ def cmd_distillation(args: argparse.Namespace) -> int:
     meta = manifest(command_line(), seeds, time.perf_counter() - t0, benchmarks=benchmarks,
                     weights=weights, executor=args.executor, quick=bool(args.quick),
                     distill_anchors=n_anchors,
-                    units={"computed": len(units) - resumed, "resumed": resumed,
-                           "unit_wall_s": round(float(runs["wall_s"].sum()), 1)},
+                    units=counts,
                     anchor_bytes_per_task=_anchor_bytes(benchmarks, n_anchors))
     write_csv(out / "runs.csv", runs)
     write_csv(out / "summary.csv", summary)

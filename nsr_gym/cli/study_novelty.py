@@ -16,13 +16,13 @@ over seeds and findings computed from them) and ``manifest.json``. Finished unit
 from __future__ import annotations
 
 import argparse
-import functools
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from nsr_gym.cli._common import add_study_options, markdown_table, study_subparsers
+from nsr_gym.cli._common import (add_study_options, markdown_table, run_episode_units,
+                                 study_subparsers)
 
 LONG = "nsr_gym/LongHorizonPermutedDigits-v0"
 AGENTS = ("similarity", "similarity-adaptive")
@@ -89,8 +89,7 @@ def _findings(summary: pd.DataFrame) -> list[str]:
 
 
 def cmd_novelty(args: argparse.Namespace) -> int:
-    from nsr_gym import scaling
-    from nsr_gym.executors import Unit, make_executor, run_units_kept
+    from nsr_gym.executors import Unit
     from nsr_gym.results import (atomic_write_text, command_line, manifest, provenance_line,
                                  write_csv, write_json)
 
@@ -101,18 +100,12 @@ def cmd_novelty(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     units = [Unit(agent, seed, {"env_id": LONG, "env_kwargs": kw, "tags": {"setting": name}})
              for name, kw in settings.items() for agent in AGENTS for seed in seeds]
-    fn = functools.partial(scaling.env_unit, policies=_policies())
-    with make_executor(args.executor, args.ray_address) as executor:
-        results, resumed = run_units_kept(executor, fn, units, out / ".units",
-                                          resume=not args.no_resume,
-                                          progress=not args.no_progress, desc="novelty")
-    runs = pd.DataFrame([row for rows in results for row in rows])
+    runs, counts = run_episode_units(args, units, _policies(), out, "novelty")
     runs = runs[["setting", "agent", "seed", *COLUMNS, "false_recall", "n_tasks_seen", "wall_s"]]
     summary = summarize(runs)
     meta = manifest(command_line(), seeds, time.perf_counter() - t0, env_id=LONG,
                     settings=settings, executor=args.executor,
-                    units={"computed": len(units) - resumed, "resumed": resumed,
-                           "unit_wall_s": round(float(runs["wall_s"].sum()), 1)})
+                    units=counts)
     write_csv(out / "runs.csv", runs)
     write_csv(out / "summary.csv", summary)
     write_json(out / "manifest.json", meta)

@@ -167,21 +167,13 @@ def _dispatch(unit):
 
 def _run_section(section: str, plan: dict, seeds: list[int], executor, out: Path,
                  args: argparse.Namespace) -> pd.DataFrame:
-    from nsr_gym.executors import run_units
-    from nsr_gym.results import atomic_write_text, write_csv
+    from nsr_gym.executors import run_units_kept
+    from nsr_gym.results import write_csv
 
     fn, units = _units(section, plan, seeds)
-    store = out / ".units" / section
-
-    def skip(unit):
-        p = store / f"{unit.key}.json"
-        return json.loads(p.read_text()) if p.exists() and not args.no_resume else None
-
-    def save(unit, rows):
-        atomic_write_text(store / f"{unit.key}.json", json.dumps(rows, default=float))
-
-    results = run_units(executor, fn, units, skip=skip, on_done=save,
-                        progress=not args.no_progress, desc=section)
+    results, _ = run_units_kept(executor, fn, units, out / ".units" / section,
+                                resume=not args.no_resume, progress=not args.no_progress,
+                                desc=section)
     frame = pd.DataFrame([row for rows in results for row in rows])
     write_csv(out / f"{section}.csv", frame)
     return frame
