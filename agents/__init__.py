@@ -1,7 +1,15 @@
-"""Allocation policies (rules, the oracle, SB3 controllers) and the evaluation loop."""
+"""Allocation policies (rules, the oracle, the clairvoyant, SB3 controllers), factory and rollout.
 
-from agents.evaluation import STEP_COLUMNS, evaluate, rollout
-from agents.policies import (
+Installed and imported as ``nsr_gym.agents`` (the folder sits at the top of the repository).
+:func:`make_agent` builds any agent from its name or ``ALGO:PATH`` spec; :func:`rollout` is the
+one episode loop; :func:`evaluate` runs a comparison; :func:`train` trains a controller.
+"""
+
+from __future__ import annotations
+
+from nsr_gym.agents.clairvoyant import Clairvoyant, Plan, PlanningProblem
+from nsr_gym.agents.evaluation import STEP_COLUMNS, evaluate, rollout
+from nsr_gym.agents.policies import (
     RULE_AGENTS,
     AdaptiveSimilarityRule,
     AlwaysFresh,
@@ -14,12 +22,15 @@ from agents.policies import (
     SimilarityRule,
     make_policy,
 )
-from agents.sb3_policy import SB3Policy, load_sb3_policy
-from agents.specs import make_agent
-from agents.train import TrainConfig, train
+from nsr_gym.agents.retention import RETENTION_AGENTS, LFURetention, LRURetention, PinRule
+from nsr_gym.agents.sb3_policy import SB3Policy, load_sb3_policy
+from nsr_gym.agents.specs import make_agent
+from nsr_gym.agents.train import TrainConfig, train
 
 __all__ = [
-    "RULE_AGENTS", "STEP_COLUMNS", "AdaptiveSimilarityRule", "AlwaysFresh", "FixedSlot", "KeepCurrent", "Oracle", "Policy",
-    "RandomSlot", "RoundRobin", "SB3Policy", "SimilarityRule", "TrainConfig", "evaluate",
-    "load_sb3_policy", "make_agent", "make_policy", "rollout", "train",
+    "RULE_AGENTS", "STEP_COLUMNS", "AdaptiveSimilarityRule", "AlwaysFresh", "Clairvoyant",
+    "FixedSlot", "KeepCurrent", "Oracle", "Plan", "PlanningProblem", "Policy", "RandomSlot",
+    "RoundRobin", "SB3Policy", "SimilarityRule", "TrainConfig", "evaluate", "load_sb3_policy",
+    "make_agent", "make_policy", "rollout", "train",
+    "RETENTION_AGENTS", "LFURetention", "LRURetention", "PinRule",
 ]

@@ -1,7 +1,7 @@
-"""Rule-based allocation policies with SB3's ``predict`` signature.
+"""Rule-based allocation policies with SB3's ``predict`` signature, and their base class.
 
 Every policy maps the env's ``Dict`` observation to an action: ``0`` keep, ``1`` fresh,
-``2 + k`` load slot ``k``. The classes of THEORY.md:
+``2 + k`` load slot ``k``. The classes of ``theory/THEORY.md``:
 
 * **M0, bank-free**: :class:`AlwaysFresh` (fresh at every task shift) and :class:`KeepCurrent`
   (sequential fine-tuning). They never load; the only head they have is the active one.
@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from nsr_gym.bank import SIMILARITY_THRESHOLD
 from nsr_gym.envs import FRESH, KEEP, LOAD_OFFSET
 
 Obs = dict[str, np.ndarray]
@@ -50,10 +51,27 @@ class Policy:
         """Start an episode; policies with randomness reseed from ``seed``."""
 
     def observe(self, info: dict[str, Any]) -> None:
-        """Receive the env's ``info`` after ``reset`` and each ``step``. Only the oracle reads it."""
+        """Receive the env's ``info`` after ``reset`` and each ``step``.
+
+        Only the oracle reads it.
+        """
 
     def act(self, obs: Obs) -> int:
+        """The action for one observation (``0`` keep, ``1`` fresh, ``2 + k`` load slot ``k``)."""
         raise NotImplementedError
+
+    def actions(self, observation: Obs, deterministic: bool = True) -> np.ndarray:
+        """The action(s) :meth:`predict` returns; the one method a subclass with its own network
+        overrides (:class:`~nsr_gym.agents.sb3_policy.SB3Policy`).
+
+        Args:
+            observation: The env's ``Dict`` observation.
+            deterministic: Greedy actions; rules are always deterministic and ignore it.
+
+        Returns:
+            A 0-d int64 array (rules); a policy that takes batched observations returns ``(n,)``.
+        """
+        return np.asarray(self.act(observation), dtype=np.int64)
 
     def predict(
         self,
@@ -62,8 +80,12 @@ class Policy:
         episode_start: Any = None,
         deterministic: bool = True,
     ) -> tuple[np.ndarray, Any]:
-        """SB3-compatible: returns ``(action, state)`` with ``action`` a 0-d int64 array."""
-        return np.asarray(self.act(observation), dtype=np.int64), state
+        """SB3-compatible: returns ``(action, state)``, ``state`` passed through unchanged.
+
+        ``action`` comes from :meth:`actions`; none of these policies is recurrent, so
+        ``episode_start`` is ignored, as SB3's feed-forward policies ignore it.
+        """
+        return self.actions(observation, deterministic), state
 
 
 def _shifted(obs: Obs) -> bool:
@@ -130,12 +152,13 @@ class SimilarityRule(Policy):
     """NSR's recall: load the most similar entry; a fresh subspace for a task unlike any stored.
 
     Args:
-        threshold: Cosine similarity below which the task counts as new.
+        threshold: Cosine similarity below which the task counts as new (default: the bank's
+            :data:`~nsr_gym.bank.SIMILARITY_THRESHOLD`, 0.5).
     """
 
     name, memory_class = "similarity", "history"
 
-    def __init__(self, threshold: float = 0.5) -> None:
+    def __init__(self, threshold: float = SIMILARITY_THRESHOLD) -> None:
         self.threshold = threshold
 
     def novelty_threshold(self, stored: np.ndarray) -> float:
@@ -174,7 +197,7 @@ class AdaptiveSimilarityRule(SimilarityRule):
 
     name = "similarity-adaptive"
 
-    def __init__(self, threshold: float = 0.5, margin: float = 0.1) -> None:
+    def __init__(self, threshold: float = SIMILARITY_THRESHOLD, margin: float = 0.1) -> None:
         super().__init__(threshold)
         self.margin = margin
 
@@ -217,7 +240,7 @@ class Oracle(Policy):
     Args:
         first_visit: Action at a task's first visit: ``"fresh"`` (the default: on the torch
             backend a fresh subspace learns a new task faster than another task's), or ``"keep"``
-            (the comparator B of THEORY.md, which never pays a switch it need not pay).
+            (the comparator B of ``theory/THEORY.md``, which never pays a switch it need not pay).
     """
 
     name, memory_class = "oracle", "oracle"
@@ -254,9 +277,17 @@ RULE_AGENTS = {
 }
 
 
-def make_policy(name: str) -> Policy:
-    """Build a rule agent by name; a clear error lists the known names."""
-    try:
-        return RULE_AGENTS[name]()
-    except KeyError:
-        raise ValueError(f"unknown agent {name!r}; choose from {sorted(RULE_AGENTS)}") from None
+def make_policy(name: str, **kwargs: Any) -> Policy:
+    """Build a rule agent by name.
+
+    Args:
+        name: A key of :data:`RULE_AGENTS`.
+        **kwargs: Passed to the rule's constructor (``threshold=`` of the similarity rules,
+            ``first_visit=`` of the oracle, ``slot=`` of fixed-slot, ``seed=`` of random-slot).
+
+    Raises:
+        ValueError: for an unknown name; the message lists the known ones.
+    """
+    if name not in RULE_AGENTS:
+        raise ValueError(f"unknown agent {name!r}; choose from {sorted(RULE_AGENTS)}")
+    return RULE_AGENTS[name](**kwargs)

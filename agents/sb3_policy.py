@@ -1,21 +1,23 @@
 """A trained SB3 controller as an allocation policy with the rule agents' ``predict``.
 
-:func:`load_sb3_policy` reads what :func:`agents.train.train` wrote (``config.json`` and the
-weights) and rebuilds the SB3 policy network without unpickling anything: the weights come from
-the zip's safetensors copy (``policy.safetensors`` for ``model.zip``, ``best_policy.safetensors``
-for ``best_model.zip``), checked against the checksum in ``config.json``, or, for a zip without
-one, from its ``policy.pth`` through ``torch.load(weights_only=True)`` (tensors only).
+:func:`load_sb3_policy` reads what :func:`nsr_gym.agents.train.train` wrote (``config.json``
+and the weights) and rebuilds the SB3 policy network without unpickling anything: the weights
+come from the zip's safetensors copy (``policy.safetensors`` for ``model.zip``,
+``best_policy.safetensors`` for ``best_model.zip``), checked against the sha256 in
+``config.json``, or, for a zip without one, from its ``policy.pth`` through
+``torch.load(weights_only=True)`` (tensors only).
 
 :class:`SB3Policy` takes the env's ``Dict`` observation, flattens it exactly as training did
 (``FlattenObservation``: the parts in the order recorded in ``config.json``) and, for
 ``MaskablePPO``, derives the action mask from the observation itself: keep and fresh are always
-valid, ``load k`` only where ``occupied[k]`` (the env's ``action_masks()``). So a trained policy
-runs through :func:`agents.evaluation.rollout` on the bare env, like any rule.
+valid, ``load k`` only where ``occupied[k]``, and with ``retention="agent"`` every retention value
+while ``pending``, only ``0`` otherwise (the env's ``action_masks()``). So a trained policy runs
+through :func:`nsr_gym.agents.evaluation.rollout` on the bare env, like any rule; on a
+``retention="agent"`` env its action is the ``(2,)`` array ``[allocation, retention]``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import zipfile
@@ -24,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from agents.policies import Obs, Policy
-from agents.train import CONFIG_FORMAT, WEIGHTS_OF, _policy_kwargs
+from nsr_gym.agents.policies import Obs, Policy
+from nsr_gym.agents.train import CONFIG_FORMAT, WEIGHTS_OF, _policy_kwargs
+from nsr_gym.atomic import sha256_file
 
 #: The algorithms a spec may name, and the SB3 policy class each trained.
 SB3_ALGOS = ("ppo", "maskable-ppo")
@@ -50,10 +53,15 @@ def flatten_obs(obs: Obs, layout: list[dict[str, Any]]) -> np.ndarray:
 
 
 def masks_from_obs(obs: Obs) -> np.ndarray:
-    """The env's ``action_masks()`` from the observation: ``[1, 1] + occupied`` (bool)."""
+    """The env's ``action_masks()`` from the observation (bool): ``[1, 1] + occupied``, and with
+    ``retention="agent"`` (a ``pending`` part) then ``[1] + [pending] * K``."""
     occupied = np.asarray(obs["occupied"]) > 0
     ones = np.ones(occupied.shape[:-1] + (2,), dtype=bool)
-    return np.concatenate([ones, occupied], axis=-1)
+    parts = [ones, occupied]
+    if "pending" in obs:
+        pending = np.asarray(obs["pending"]) > 0
+        parts += [ones[..., :1], np.broadcast_to(pending, occupied.shape)]
+    return np.concatenate(parts, axis=-1)
 
 
 class SB3Policy(Policy):
@@ -85,23 +93,22 @@ class SB3Policy(Policy):
         #: SHA-256 of the weights file the policy was loaded from ("" when built in memory).
         self.weights_sha256 = ""
 
-    def act(self, obs: Obs) -> int:
-        action, _ = self.predict(obs)
-        return int(np.asarray(action).reshape(-1)[0])
+    def act(self, obs: Obs) -> Any:
+        """One action: an ``int``, or on a ``retention="agent"`` env the ``(2,)`` array."""
+        action = np.asarray(self.actions(obs))
+        return int(action.reshape(-1)[0]) if action.size == 1 else action.reshape(-1)
 
-    def predict(
-        self,
-        observation: Obs,
-        state: Any = None,
-        episode_start: Any = None,
-        deterministic: bool = True,
-    ) -> tuple[np.ndarray, Any]:
+    def actions(self, observation: Obs, deterministic: bool = True) -> np.ndarray:
+        """The network's action(s): 0-d for one observation, ``(n,)`` for a batched one.
+
+        :meth:`Policy.predict` wraps it; the network is feed-forward, so the recurrent state
+        and ``episode_start`` of SB3's ``predict`` play no part (SB3 passes ``state`` through).
+        """
         flat = flatten_obs(observation, self.layout)
         if self.algo == "maskable-ppo":
-            return self.policy.predict(
-                flat, state, episode_start, deterministic, action_masks=masks_from_obs(observation)
-            )
-        return self.policy.predict(flat, state, episode_start, deterministic)
+            masks = masks_from_obs(observation)
+            return self.policy.predict(flat, deterministic=deterministic, action_masks=masks)[0]
+        return self.policy.predict(flat, deterministic=deterministic)[0]
 
 
 def _read_weights(model_path: Path, config: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -116,21 +123,20 @@ def _read_weights(model_path: Path, config: dict[str, Any]) -> tuple[dict[str, A
     weights = model_path.with_name(WEIGHTS_OF.get(model_path.name, "-"))
     want = config.get("files", {}).get(weights.name)
     if weights.exists() and want:
-        if hashlib.sha256(weights.read_bytes()).hexdigest() != want:
+        if sha256_file(weights) != want:
             raise ValueError(f"{weights} does not match the checksum in config.json")
         return load_file(str(weights)), want
     with zipfile.ZipFile(model_path) as zf:
         if "policy.pth" not in zf.namelist():
             raise ValueError(f"{model_path} is not an SB3 model zip (no policy.pth)")
         data = io.BytesIO(zf.read("policy.pth"))
-    sha = hashlib.sha256(model_path.read_bytes()).hexdigest()
-    return torch.load(data, map_location="cpu", weights_only=True), sha
+    return torch.load(data, map_location="cpu", weights_only=True), sha256_file(model_path)
 
 
 def load_sb3_policy(
     path: str | Path, algo: str | None = None, name: str | None = None
 ) -> SB3Policy:
-    """Load a controller trained by :func:`agents.train.train`.
+    """Load a controller trained by :func:`nsr_gym.agents.train.train`.
 
     Args:
         path: The run directory, its ``model.zip`` or another SB3 zip beside its ``config.json``
@@ -166,7 +172,10 @@ def load_sb3_policy(
     low = np.concatenate([np.full(p["size"], p["low"], np.float32) for p in layout])
     high = np.concatenate([np.full(p["size"], p["high"], np.float32) for p in layout])
     obs_space = spaces.Box(low, high, dtype=np.float32)
-    act_space = spaces.Discrete(int(config["n_actions"]))
+    if "action_nvec" in config:  # retention="agent": [allocation, retention]
+        act_space: Any = spaces.MultiDiscrete(config["action_nvec"])
+    else:
+        act_space = spaces.Discrete(int(config["n_actions"]))
     if trained_algo == "maskable-ppo":
         from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy as policy_cls
     else:

@@ -5,28 +5,32 @@ One file to read in one sitting, in the style of CleanRL: every setting lives in
 thunk, and :func:`train` runs the sections in order: hyperparameters, envs, model, callbacks,
 learn, save. The command line is ``nsr-gym train``; from Python::
 
-    from agents.train import TrainConfig, train
+    from nsr_gym.agents.train import TrainConfig, train
     result = train(TrainConfig(algo="maskable-ppo", total_timesteps=20_000, out="results/train/x"))
 
 Both algorithms see the env's ``Dict`` observation through ``FlattenObservation`` (an
 ``MlpPolicy`` on one float32 vector); ``MaskablePPO`` also reads ``action_masks()``, which the env
 defines itself, so it reaches through ``Monitor``/``FlattenObservation`` and into
-``SubprocVecEnv`` workers by ``get_wrapper_attr``. Hyperparameters come from
+``SubprocVecEnv`` workers by ``get_wrapper_attr``. An env made with ``retention="agent"`` (pass
+``env_kwargs={"capacity": 3, "retention": "agent"}``, ``--env-kwargs`` on the command line) has a
+``MultiDiscrete([K + 2, K + 1])`` action (allocation, retention), which both algorithms take as it
+is; its mask is the two parts' masks concatenated (sb3-contrib's convention), and
+``config.json`` records the action's ``action_nvec``. Hyperparameters come from
 ``agents/hyperparams/<algo>.yml`` (rl-zoo's convention: a ``default`` entry plus per-env-id
 overrides).
 
 Written to ``out``: ``model.zip`` (SB3's format, for ``PPO.load`` and further training),
 ``policy.safetensors`` (the policy weights, loaded without pickle by
-:mod:`agents.sb3_policy`), ``config.json`` (the exact resolved configuration, the observation
-layout, provenance and checksums), ``monitor/`` (``Monitor`` CSVs per training env) and
-``eval/evaluations.npz`` (``EvalCallback``), plus ``best_model.zip`` (the best evaluation return)
-and its weights ``best_policy.safetensors``.
+:mod:`nsr_gym.agents.sb3_policy`), ``config.json`` (the exact resolved configuration, the
+observation layout, provenance and sha256 checksums), ``monitor/`` (``Monitor`` CSVs per training
+env) and ``eval/evaluations.npz`` (``EvalCallback``), plus ``best_model.zip`` (the best evaluation
+return) and its weights ``best_policy.safetensors``. The model zip, the weights and
+``config.json`` are written atomically (:mod:`nsr_gym.atomic`).
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import os
 import time
 from collections.abc import Callable
@@ -37,6 +41,8 @@ from typing import Any
 
 import gymnasium as gym
 import numpy as np
+
+from nsr_gym.atomic import atomic_path, sha256_file
 
 ALGOS = ("ppo", "maskable-ppo")
 VEC_ENVS = ("dummy", "subproc")
@@ -117,7 +123,7 @@ def load_hyperparams(
     if algo not in ALGOS:
         raise ValueError(f"unknown algo {algo!r}; choose from {ALGOS}")
     text = (
-        resources.files("agents")
+        resources.files("nsr_gym.agents")
         .joinpath("hyperparams", f"{algo.replace('-', '_')}.yml")
         .read_text()
     )
@@ -167,6 +173,16 @@ def obs_layout(observation_space: gym.spaces.Dict) -> list[dict[str, Any]]:
     ]
 
 
+def action_layout(action_space: gym.spaces.Space) -> dict[str, Any]:
+    """What ``config.json`` records of the action: ``n_actions`` (the policy's action logits:
+    ``n`` of a ``Discrete``, ``sum(nvec)`` of a ``MultiDiscrete``), and for a ``MultiDiscrete``
+    (``retention="agent"``) its ``action_nvec``."""
+    if isinstance(action_space, gym.spaces.MultiDiscrete):
+        nvec = [int(n) for n in np.asarray(action_space.nvec).reshape(-1)]
+        return {"n_actions": sum(nvec), "action_nvec": nvec}
+    return {"n_actions": int(action_space.n)}
+
+
 # ---------------------------------------------------------------------------- envs
 def make_env(
     env_id: str,
@@ -208,24 +224,20 @@ def make_vec_env(cfg: TrainConfig, n_envs: int, monitor_dir: str | os.PathLike |
 
 
 # ---------------------------------------------------------------------------- files
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _save_model(model: Any, path: Path) -> None:
+    """``model.save`` to ``path`` atomically (SB3 insists on a name ending in ``.zip``)."""
+    with atomic_path(path, suffix=".zip") as tmp:
+        model.save(tmp)
 
 
-def _atomic_save_model(model: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.stem}.tmp.zip")
-    model.save(tmp)
-    os.replace(tmp, path)
-
-
-def _atomic_save_weights(state: dict[str, Any], path: Path) -> None:
+def _save_weights(state: dict[str, Any], path: Path) -> None:
+    """A policy ``state_dict`` as safetensors at ``path``, atomically, tensors on the CPU."""
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.tmp")
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     meta = {"format": "nsr-gym-sb3-policy", "version": str(CONFIG_FORMAT)}
-    save_file(state, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    with atomic_path(path, suffix=".safetensors") as tmp:
+        save_file(state, str(tmp), metadata=meta)
 
 
 #: The pickle-free copy of each zip's weights, side by side with it.
@@ -245,7 +257,7 @@ def export_zip_weights(zip_path: Path) -> Path:
     with zipfile.ZipFile(zip_path) as zf:
         state = torch.load(io.BytesIO(zf.read("policy.pth")), map_location="cpu", weights_only=True)
     path = zip_path.with_name(WEIGHTS_OF[zip_path.name])
-    _atomic_save_weights(state, path)
+    _save_weights(state, path)
     return path
 
 
@@ -297,7 +309,7 @@ def train(
     eval_env = DummyVecEnv([make_env(cfg.env_id, 0, cfg.backend, cfg.env_kwargs)])
     eval_env.seed(cfg.seed + 10_000)
     layout = obs_layout(eval_env.envs[0].unwrapped.observation_space)
-    n_actions = int(eval_env.action_space.n)
+    action_meta = action_layout(eval_env.action_space)
 
     # ---- model ---------------------------------------------------------------------------
     if cfg.algo == "maskable-ppo":
@@ -343,9 +355,9 @@ def train(
 
     # ---- save: model zip, weights, resolved config ---------------------------------------
     model_path = out / "model.zip"
-    _atomic_save_model(model, model_path)
+    _save_model(model, model_path)
     weights = [out / WEIGHTS_OF["model.zip"]]
-    _atomic_save_weights(model.policy.state_dict(), weights[0])
+    _save_weights(model.policy.state_dict(), weights[0])
     if (out / "best_model.zip").exists():
         weights.append(export_zip_weights(out / "best_model.zip"))
     evals = None
@@ -356,7 +368,7 @@ def train(
         }
     wall = time.perf_counter() - t0
     config = manifest(
-        command or f"agents.train.train(algo={cfg.algo!r}, env_id={cfg.env_id!r})",
+        command or f"nsr_gym.agents.train.train(algo={cfg.algo!r}, env_id={cfg.env_id!r})",
         [cfg.seed],
         wall,
         format_version=CONFIG_FORMAT,
@@ -369,12 +381,14 @@ def train(
         if cfg.algo == "maskable-ppo"
         else "ActorCriticPolicy",
         obs_layout=layout,
-        n_actions=n_actions,
+        **action_meta,
         learn_time_s=round(learn_s, 2),
         num_timesteps=int(model.num_timesteps),
         evaluations=evals,
         files={
-            p.name: _sha256(p) for p in (model_path, *weights, out / "best_model.zip") if p.exists()
+            p.name: sha256_file(p)
+            for p in (model_path, *weights, out / "best_model.zip")
+            if p.exists()
         },
     )
     config_path = out / "config.json"
@@ -382,6 +396,6 @@ def train(
     return TrainResult(model_path, config_path, config, wall)
 
 
-if __name__ == "__main__":  # python -m agents.train: the defaults, a quick demonstration
+if __name__ == "__main__":  # python -m nsr_gym.agents.train: the defaults, a demonstration
     result = train(TrainConfig())
     print(f"wrote {result.model_path} in {result.wall_time_s:.1f} s")

@@ -8,8 +8,17 @@ workers too.
 from __future__ import annotations
 
 from nsr_gym.bank import BankEntry, BankFormatError, TaskKnowledgeBank, compress_lora
-from nsr_gym.envs import (BENCHMARKS, FRESH, KEEP, LOAD_OFFSET, PAPER_BENCHMARKS, AllocationEnv,
-                          env_id, make_paper_env, register_envs)
+from nsr_gym.envs import (
+    BENCHMARKS,
+    FRESH,
+    KEEP,
+    LOAD_OFFSET,
+    PAPER_BENCHMARKS,
+    AllocationEnv,
+    env_id,
+    make_paper_env,
+    register_envs,
+)
 
 __version__ = "0.1.0"
 

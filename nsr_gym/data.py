@@ -6,16 +6,19 @@ deterministic function of fixed seeds, so two machines build the same tasks bit 
 
 Families (:data:`TASK_FAMILIES`): ``split_digits`` (class splits), ``permuted_digits`` (pixel
 permutations, one label space) and ``five_domains`` (five visibly different transforms of all ten
-classes: a heterogeneous stand-in for 5-Datasets). Paper-scale data read from files lives in
+classes: a heterogeneous stand-in for 5-Datasets). The MNIST-1D families (``split_mnist1d``,
+``mnist1d_domains``), generated offline from a seed, live in :mod:`nsr_gym.data_mnist1d`;
+:func:`make_tasks` builds every family by name. Paper-scale data read from files lives in
 :mod:`nsr_gym.paper_data`.
 
-A :class:`Task` holds float32 inputs scaled to ``[0, 1]`` of shape ``(n, 64)`` and int64 labels
-local to the task (``0 .. n_classes - 1``), as in task-incremental learning: the task's head
-maps features to its own classes.
+A :class:`Task` holds float32 inputs (digits: ``(n, 64)`` scaled to ``[0, 1]``; MNIST-1D:
+``(n, 40)`` standardised signals) and int64 labels local to the task (``0 .. n_classes - 1``),
+as in task-incremental learning: the task's head maps features to its own classes.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -34,7 +37,8 @@ class Task:
     Attributes:
         task_id: Index of the task in its benchmark, ``0 .. M - 1``.
         name: Human-readable name, e.g. ``"digits{0,1}"``.
-        x_train: ``(n_train, 64)`` float32 inputs in ``[0, 1]``.
+        x_train: ``(n_train, input_dim)`` float32 inputs (64 pixels in ``[0, 1]`` for the
+            digits, 40 standardised samples for MNIST-1D).
         y_train: ``(n_train,)`` int64 labels in ``0 .. n_classes - 1``.
         x_test: ``(n_test, 64)`` float32 held-out inputs.
         y_test: ``(n_test,)`` int64 held-out labels.
@@ -81,7 +85,8 @@ def load_digits_split() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
     return x[tr], y[tr], x[te], y[te]
 
 
-def _subset(x: np.ndarray, y: np.ndarray, classes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+def _subset(x: np.ndarray, y: np.ndarray,
+            classes: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     mask = np.isin(y, classes)
     lookup = {c: i for i, c in enumerate(classes)}
     local = np.array([lookup[int(c)] for c in y[mask]], dtype=np.int64)
@@ -101,14 +106,20 @@ def split_digits(n_tasks: int = 5) -> list[Task]:
             f"split_digits: n_tasks={n_tasks} must split 10 classes evenly into tasks of at "
             "least two classes; use 1, 2 or 5 (for more tasks use permuted_digits)."
         )
-    x_tr, y_tr, x_te, y_te = load_digits_split()
+    return class_split_tasks(*load_digits_split(), n_tasks, "digits")
+
+
+def class_split_tasks(x_tr: np.ndarray, y_tr: np.ndarray, x_te: np.ndarray, y_te: np.ndarray,
+                      n_tasks: int, prefix: str) -> list[Task]:
+    """Ten classes in ``n_tasks`` disjoint tasks of ``10 // n_tasks`` consecutive classes each,
+    named ``prefix{0,1}`` and so on; labels are remapped to ``0..per-1`` within a task."""
     per = 10 // n_tasks
     tasks = []
     for t in range(n_tasks):
         classes = tuple(range(t * per, (t + 1) * per))
         a, b = _subset(x_tr, y_tr, classes)
         c, d = _subset(x_te, y_te, classes)
-        name = "digits{" + ",".join(map(str, classes)) + "}"
+        name = prefix + "{" + ",".join(map(str, classes)) + "}"
         tasks.append(Task(t, name, a, b, c, d, per))
     return tasks
 
@@ -204,17 +215,28 @@ def five_domains(n_tasks: int = 5) -> list[Task]:
     return tasks
 
 
-#: Task families by name, each ``f(n_tasks) -> list[Task]``.
+#: The digits task families by name, each ``f(n_tasks) -> list[Task]``; :func:`task_families`
+#: adds MNIST-1D's.
 TASK_FAMILIES = {"split_digits": split_digits, "permuted_digits": permuted_digits,
                  "five_domains": five_domains}
 
 
+def task_families() -> dict[str, Callable[[int], list[Task]]]:
+    """Every embedded task family by name: :data:`TASK_FAMILIES` and
+    :data:`nsr_gym.data_mnist1d.MNIST1D_FAMILIES` (imported here, since it builds on
+    :class:`Task`)."""
+    from nsr_gym.data_mnist1d import MNIST1D_FAMILIES
+
+    return {**TASK_FAMILIES, **MNIST1D_FAMILIES}
+
+
 def make_tasks(family: str, n_tasks: int) -> list[Task]:
     """Build the tasks of a named family; a clear error names the known families."""
+    families = task_families()
     try:
-        builder = TASK_FAMILIES[family]
+        builder = families[family]
     except KeyError:
         raise ValueError(
-            f"unknown task family {family!r}; choose one of {sorted(TASK_FAMILIES)}"
+            f"unknown task family {family!r}; choose one of {sorted(families)}"
         ) from None
     return builder(n_tasks)

@@ -14,7 +14,7 @@ returns the results in unit order. The executors differ only in where ``fn`` run
 A unit function must be picklable: a module-level function, or a ``functools.partial`` of one,
 of a module every worker can import (Ray sends functions from installed modules by reference).
 On a cluster every node needs nsr-gym's dependencies; :class:`RayExecutor` ships the
-``nsr_gym``, ``agents`` and ``theory`` packages themselves (``runtime_env`` ``py_modules``) unless
+``nsr_gym`` package itself (``runtime_env`` ``py_modules``) unless
 told otherwise.
 
 Pointing it at a cluster:
@@ -30,6 +30,11 @@ Pointing it at a cluster:
    (``RAY_AUTH_TOKEN``, or ``ray get-auth-token`` on the head), or the whole cluster must be
    started with ``RAY_AUTH_MODE=disabled`` on a private network.
 
+Resuming, the one path every sweep takes: :func:`run_units_kept` keeps each finished unit in a
+:class:`UnitStore` (:class:`JsonStore` for JSON-able results, :class:`FrameStore` for tables
+such as step logs, floats exact) and reads kept units back instead of running them again;
+:meth:`Sweep.run` does the same on an executor it makes from a study's options.
+
 This module imports nothing above the library core; the CLI and the studies hand it their
 unit functions.
 """
@@ -39,10 +44,16 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+import pandas as pd
+
+from nsr_gym.atomic import atomic_write_text, sha256_bytes
 
 #: Executor names, as the ``--executor`` options take them.
 EXECUTORS: tuple[str, ...] = ("local", "ray")
@@ -158,13 +169,12 @@ class RayExecutor:
         self.address, self.cpus_per_unit = address, cpus_per_unit
         env = dict(runtime_env or {})
         if ship_code if ship_code is not None else address is not None:
-            import agents
             import nsr_gym
-            import theory
 
-            # Directories, not module objects: Ray Client (ray://) pickles the runtime_env.
-            env.setdefault("py_modules", [str(Path(m.__file__).parent)
-                                          for m in (nsr_gym, agents, theory)])
+            # A directory, not a module object: Ray Client (ray://) pickles the runtime_env.
+            # An editable install keeps nsr_gym.agents / nsr_gym.theory outside this folder,
+            # so a remote cluster needs nsr-gym installed (a wheel ships all three inside it).
+            env.setdefault("py_modules", [str(Path(nsr_gym.__file__).parent)])
         self._owns = not ray.is_initialized()
         if self._owns:
             kwargs: dict[str, Any] = dict(runtime_env=env or None, logging_level=logging.WARNING,
@@ -251,32 +261,140 @@ def run_units(executor: Executor, fn: UnitFn, units: Iterable[Unit],
     return results
 
 
-def run_units_kept(executor: Executor, fn: UnitFn, units: Iterable[Unit], store: Path,
-                   resume: bool = True, progress: bool = True,
-                   desc: str = "units") -> tuple[list[Any], int]:
-    """:func:`run_units` for JSON-able results, each kept as ``store/<unit.key>.json``.
+class UnitStore(Protocol):
+    """Where finished units' results are kept, so that an interrupted sweep resumes."""
 
-    A unit whose file exists is read back instead of run (unless ``resume`` is off), so an
-    interrupted sweep resumes; files are written atomically as each unit finishes.
+    def load(self, unit: Unit) -> Any | None:
+        """The kept result of ``unit``, or ``None`` to run it (again)."""
+        ...
+
+    def save(self, unit: Unit, result: Any) -> None:
+        """Keep ``result`` (atomically: a crash leaves the old file or the new one)."""
+        ...
+
+
+class JsonStore:
+    """Keeps JSON-able results as ``folder/<unit.key>.json``.
+
+    Args:
+        folder: Where the files go (created on the first save).
+    """
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+
+    def load(self, unit: Unit) -> Any | None:
+        path = self.folder / f"{unit.key}.json"
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def save(self, unit: Unit, result: Any) -> None:
+        atomic_write_text(self.folder / f"{unit.key}.json", json.dumps(result, default=float))
+
+
+class FrameStore:
+    """Keeps ``pandas.DataFrame`` results as ``folder/<name(unit)>.csv``, floats exact.
+
+    Floats are written with 17 significant digits and parsed back with round-trip precision, so
+    a resumed unit gives the bits a computed one does. A file that is not a complete result
+    (unreadable, or one ``check`` objects to: written by another version, cut short by hand) is
+    reported on stderr and the unit runs again; it never counts as finished.
+
+    Args:
+        folder: Where the files go (created on the first save).
+        name: File stem of a unit's file (default ``unit.key``).
+        check: ``check(frame, unit)`` says what is wrong with a stored frame, or ``None`` when
+            it is a complete result of ``unit``.
+    """
+
+    def __init__(self, folder: str | os.PathLike, name: Callable[[Unit], str] | None = None,
+                 check: Callable[[pd.DataFrame, Unit], str | None] | None = None) -> None:
+        self.folder = Path(folder)
+        self.name = name or (lambda unit: unit.key)
+        self.check = check
+
+    def path(self, unit: Unit) -> Path:
+        """The file that keeps ``unit``'s result."""
+        return self.folder / f"{self.name(unit)}.csv"
+
+    def load(self, unit: Unit) -> pd.DataFrame | None:
+        path = self.path(unit)
+        if not path.is_file():
+            return None
+        try:
+            frame = pd.read_csv(path, float_precision="round_trip")
+            problem = None if self.check is None else self.check(frame, unit)
+        except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+            problem = f"unreadable ({exc})"
+        if problem is None:
+            return frame
+        print(f"warning: {path} is not a complete unit log ({problem}); running {unit.agent} "
+              f"seed {unit.seed} again", file=sys.stderr)
+        return None
+
+    def save(self, unit: Unit, result: pd.DataFrame) -> None:
+        atomic_write_text(self.path(unit), result.to_csv(index=False, float_format="%.17g"))
+
+
+def run_units_kept(executor: Executor, fn: UnitFn, units: Iterable[Unit],
+                   store: str | os.PathLike | UnitStore, resume: bool = True,
+                   progress: bool = True, desc: str = "units") -> tuple[list[Any], int]:
+    """:func:`run_units` with each finished unit kept in ``store``: the one resume path.
+
+    A unit ``store`` holds is read back instead of run (unless ``resume`` is off), so an
+    interrupted sweep resumes; every unit that runs is saved as soon as it finishes.
+
+    Args:
+        executor: Where the units run.
+        fn: Picklable unit function.
+        units: The sweep.
+        store: A :class:`UnitStore`, or a folder for a :class:`JsonStore` (JSON-able results).
+        resume: Read kept units back; off, every unit runs (and is saved again).
+        progress: Show a progress bar.
+        desc: Label of the progress bar.
 
     Returns:
         ``(results in unit order, number of units read back)``.
     """
-    from nsr_gym.results import atomic_write_text
-
+    if isinstance(store, (str, os.PathLike)):
+        store = JsonStore(store)
     resumed = 0
 
     def skip(unit: Unit) -> Any | None:
         nonlocal resumed
-        path = store / f"{unit.key}.json"
-        if not resume or not path.exists():
-            return None
-        resumed += 1
-        return json.loads(path.read_text())
+        result = store.load(unit) if resume else None
+        resumed += result is not None
+        return result
 
-    def save(unit: Unit, result: Any) -> None:
-        atomic_write_text(store / f"{unit.key}.json", json.dumps(result, default=float))
-
-    results = run_units(executor, fn, units, skip=skip, on_done=save, progress=progress,
+    results = run_units(executor, fn, units, skip=skip, on_done=store.save, progress=progress,
                         desc=desc)
     return results, resumed
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """How a sweep's units run: on which executor, resuming kept units or not, with a bar."""
+
+    executor: str = "local"
+    """``local`` or ``ray`` (:data:`EXECUTORS`)."""
+    ray_address: str | None = None
+    """The Ray cluster to join (``None``: a local Ray instance; see :class:`RayExecutor`)."""
+    resume: bool = True
+    """Read kept units back instead of running them again."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def run(self, fn: UnitFn, units: Iterable[Unit], store: str | os.PathLike | UnitStore,
+            desc: str = "units") -> tuple[list[Any], int]:
+        """:func:`run_units_kept` on a fresh executor of this kind (closed afterwards).
+
+        Returns:
+            ``(results in unit order, number of units read back)``.
+        """
+        with make_executor(self.executor, self.ray_address) as executor:
+            return run_units_kept(executor, fn, units, store, resume=self.resume,
+                                  progress=self.progress, desc=desc)
+
+
+def config_hash(obj: object) -> str:
+    """A short stable hash of a JSON-able configuration (names resume directories)."""
+    return sha256_bytes(json.dumps(obj, sort_keys=True, default=str).encode())[:12]

@@ -25,11 +25,9 @@ unpickles: tensors go through ``safetensors``, metadata through JSON.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from nsr_gym.atomic import replace_dir, sha256_file, sha256_json, temp_dir_beside
 from nsr_gym.bank import BankEntry, BankFormatError, compress_lora
 from nsr_gym.learners.torch_learner import TorchLearner, build_backbone
 
@@ -103,9 +102,10 @@ def export_adapter(entry: BankEntry | Mapping[str, torch.Tensor], path: str | os
                    spec: BackboneSpec) -> Path:
     """Write a torch-backend bank entry (or its payload) as a peft adapter directory.
 
-    The directory is written in a temporary sibling and renamed into place, so an interrupted
-    export leaves no half-written adapter. An existing adapter directory at ``path`` is replaced;
-    any other existing file or non-empty directory is left alone (``FileExistsError``).
+    The directory is written and fsynced in a temporary sibling and swapped into place
+    (:func:`nsr_gym.atomic.replace_dir`), so an interrupted export leaves no half-written
+    adapter. An existing adapter directory at ``path`` is replaced; any other existing file or
+    non-empty directory is left alone (``FileExistsError``).
 
     Args:
         entry: A :class:`BankEntry` of the torch backend, or its ``tensors`` dict: ``layer{i}.B``
@@ -124,13 +124,13 @@ def export_adapter(entry: BankEntry | Mapping[str, torch.Tensor], path: str | os
 
     tensors = entry.tensors if isinstance(entry, BankEntry) else dict(entry)
     factors, head = _check_payload(tensors, spec)
-    ranks = {name: int(a.shape[0]) for name, (_, a) in zip(spec.targets, factors)}
+    ranks = {name: int(a.shape[0]) for name, (_, a) in zip(spec.targets, factors, strict=True)}
     config = LoraConfig(r=max(ranks.values()), lora_alpha=max(ranks.values()),
                         rank_pattern=ranks, alpha_pattern=dict(ranks), target_modules=spec.targets,
                         lora_dropout=0.0, bias="none")
     model = get_peft_model(spec.build(), config)
     with torch.no_grad():
-        for name, (b, a) in zip(spec.targets, factors):
+        for name, (b, a) in zip(spec.targets, factors, strict=True):
             layer = model.base_model.model[int(name)]
             if float(layer.scaling["default"]) != 1.0:  # alpha = r per layer: peft adds nothing
                 raise RuntimeError(f"peft gave layer {name} scaling {layer.scaling['default']}")
@@ -148,16 +148,15 @@ def export_adapter(entry: BankEntry | Mapping[str, torch.Tensor], path: str | os
     if root.exists() and not (root.is_dir() and (not any(root.iterdir())
                                                  or (root / _CONFIG).is_file())):
         raise FileExistsError(f"{root} exists and is not an adapter directory; choose another path")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = root.parent / f".{root.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = temp_dir_beside(root, "tmp")
     try:
         model.save_pretrained(str(tmp), safe_serialization=True)
         save_file({n: t.contiguous().clone() for n, t in extra.items()}, str(tmp / _HEAD),
                   metadata={"format": "pt"})
-        meta["sha256"] = {f: _sha256(tmp / f) for f in _CHECKED}
-        meta[_META_SHA] = _json_sha256(meta)
+        meta["sha256"] = {f: sha256_file(tmp / f) for f in _CHECKED}
+        meta[_META_SHA] = sha256_json(meta, exclude=_META_SHA)
         (tmp / _META).write_text(json.dumps(meta, indent=1), encoding="utf-8")
-        _replace_dir(tmp, root)
+        replace_dir(tmp, root)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root
@@ -218,10 +217,27 @@ def import_adapter(path: str | os.PathLike, spec: BackboneSpec, *,
         BankFormatError: naming the file and the problem: missing or corrupt files, checksum
             mismatch, another backbone, not a plain LoRA, NaN/inf, or no key/head to be had.
     """
-    from peft import PeftModel
-
     root = Path(path)
-    cpath, wpath, hpath, mpath = (root / f for f in (_CONFIG, _WEIGHTS, _HEAD, _META))
+    meta = _check_files(root, spec)
+    present = _check_weight_file(root / _WEIGHTS, spec)
+    payload = _read_factors(root, spec, present, max_rank)
+    head_tensors, key = _head_and_key(root, spec, head, key)
+    payload["head.weight"], payload["head.bias"] = head_tensors
+    try:
+        _check_payload(payload, spec)
+    except ValueError as exc:
+        raise _fail(root, str(exc)) from exc
+    if not np.isfinite(key).all():
+        raise _fail(root, "key holds NaN or inf")
+    owner = int(meta.get("owner", -1) if owner is None else owner)
+    tasks = [int(t) for t in meta.get("tasks_served", [])] or ([owner] if owner >= 0 else [])
+    return BankEntry(key=key, tensors=payload, owner=owner, tasks_served=tasks)
+
+
+def _check_files(root: Path, spec: BackboneSpec) -> dict[str, Any]:
+    """The adapter's files are there, match ``nsr_gym.json``'s sha256 and form a plain LoRA;
+    returns ``nsr_gym.json`` (empty for another tool's adapter)."""
+    cpath, wpath, mpath = (root / f for f in (_CONFIG, _WEIGHTS, _META))
     if not cpath.is_file():
         raise _fail(cpath, "no adapter_config.json: not a peft adapter directory. Check the path")
     if not wpath.is_file():
@@ -230,11 +246,18 @@ def import_adapter(path: str | os.PathLike, spec: BackboneSpec, *,
         raise _fail(wpath, "adapter weights are missing" + bins)
     meta = _read_meta(mpath, spec) if mpath.is_file() else {}
     for name, want in meta.get("sha256", {}).items():
-        if not (root / name).is_file() or _sha256(root / name) != want:
+        if not (root / name).is_file() or sha256_file(root / name) != want:
             raise _fail(root / name, "missing, or its sha256 differs from nsr_gym.json's: "
                         "truncated or modified. Export the entry again")
     _read_config(cpath)
-    present = _check_weight_file(wpath, spec)
+    return meta
+
+
+def _read_factors(root: Path, spec: BackboneSpec, present: set[str], max_rank: int | None
+                  ) -> dict[str, torch.Tensor]:
+    """``layer{i}.B`` ``(out_i, k_i)`` (peft's scaling folded in) and ``layer{i}.A``
+    ``(k_i, in_i)`` as peft loads them; a zero rank-1 update for a layer not in ``present``."""
+    from peft import PeftModel
 
     try:
         model = PeftModel.from_pretrained(spec.build(), str(root))
@@ -242,7 +265,8 @@ def import_adapter(path: str | os.PathLike, spec: BackboneSpec, *,
         raise _fail(root, f"peft could not load it onto {spec} ({exc})") from exc
     payload: dict[str, torch.Tensor] = {}
     with torch.no_grad():
-        for i, (name, (out, inp)) in enumerate(zip(spec.targets, spec.layer_shapes)):
+        for i, (name, (out, inp)) in enumerate(zip(spec.targets, spec.layer_shapes,
+                                                   strict=True)):
             layer = model.base_model.model[int(name)]
             if name not in present:  # not targeted, or no weights stored: no update
                 b, a = torch.zeros(out, 1), torch.zeros(1, inp)
@@ -254,14 +278,21 @@ def import_adapter(path: str | os.PathLike, spec: BackboneSpec, *,
                     b, a = compress_lora(b, a, rank=max_rank)
             payload[f"layer{i}.B"] = b.contiguous().clone()
             payload[f"layer{i}.A"] = a.contiguous().clone()
+    return payload
 
+
+def _head_and_key(root: Path, spec: BackboneSpec, head: tuple[torch.Tensor, torch.Tensor] | None,
+                  key: np.ndarray | None) -> tuple[tuple[torch.Tensor, torch.Tensor], np.ndarray]:
+    """The given head and key, else those in ``head.safetensors``: the head as float32 copies,
+    the key as float32 ``(hidden[-1],)``."""
+    hpath = root / _HEAD
     stored = _read_head_file(hpath) if hpath.is_file() else {}
     if head is None:
         if "weight" not in stored or "bias" not in stored:
             raise _fail(hpath, "no task head: pass head=(weight, bias)")
         head = (stored["weight"], stored["bias"])
-    payload["head.weight"], payload["head.bias"] = (torch.as_tensor(t).detach().to(torch.float32)
-                                                    .contiguous().clone() for t in head)
+    weight, bias = (torch.as_tensor(t).detach().to(torch.float32).contiguous().clone()
+                    for t in head)
     if key is None:
         if "key" not in stored:
             raise _fail(hpath, "no task embedding stored: pass key=learner.embed(task_id)")
@@ -270,15 +301,7 @@ def import_adapter(path: str | os.PathLike, spec: BackboneSpec, *,
     if key.shape != (spec.hidden[-1],):
         raise _fail(root, f"key has shape {key.shape}; the backbone's features are "
                     f"({spec.hidden[-1]},)")
-    try:
-        _check_payload(payload, spec)
-    except ValueError as exc:
-        raise _fail(root, str(exc)) from exc
-    if not np.isfinite(key).all():
-        raise _fail(root, "key holds NaN or inf")
-    owner = int(meta.get("owner", -1) if owner is None else owner)
-    tasks = [int(t) for t in meta.get("tasks_served", [])] or ([owner] if owner >= 0 else [])
-    return BankEntry(key=key, tensors=payload, owner=owner, tasks_served=tasks)
+    return (weight, bias), key
 
 
 def load_peft_model(path: str | os.PathLike, spec: BackboneSpec) -> tuple[nn.Module, nn.Linear]:
@@ -327,7 +350,7 @@ def _read_meta(mpath: Path, spec: BackboneSpec) -> dict[str, Any]:
             sorted(sums) != sorted(_CHECKED) or not all(isinstance(v, str) for v in sums.values()):
         raise _fail(mpath, "owner, tasks_served or sha256 is malformed. Export the entry again")
     # Last, so the checks above name the specific problem when there is one.
-    if meta.get(_META_SHA) != _json_sha256(meta):
+    if meta.get(_META_SHA) != sha256_json(meta, exclude=_META_SHA):
         raise _fail(mpath, "its contents do not match its meta_sha256: modified or corrupted. "
                     "Export the entry again")
     return meta
@@ -358,7 +381,7 @@ def _check_weight_file(wpath: Path, spec: BackboneSpec) -> set[str]:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
     except Exception as exc:  # safetensors raises its own types for malformed files
         raise _fail(wpath, f"could not be parsed ({exc})") from exc
-    layers = dict(zip(spec.targets, spec.layer_shapes))
+    layers = dict(zip(spec.targets, spec.layer_shapes, strict=True))
     ranks: dict[str, dict[str, int]] = {}
     for k, shape in shapes.items():
         parts = k.removeprefix(_PEFT_PREFIX).split(".")
@@ -388,29 +411,3 @@ def _read_head_file(hpath: Path) -> dict[str, torch.Tensor]:
         if not t.is_floating_point() or not bool(torch.isfinite(t).all()):
             raise _fail(hpath, f"tensor {name!r} is not a finite float tensor")
     return stored
-
-
-def _sha256(p: Path) -> str:
-    return hashlib.sha256(p.read_bytes()).hexdigest()
-
-
-def _json_sha256(meta: dict[str, Any]) -> str:
-    """sha256 of the canonical JSON of ``meta`` without its own checksum field."""
-    body = {k: v for k, v in meta.items() if k != _META_SHA}
-    text = json.dumps(body, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
-def _replace_dir(tmp: Path, root: Path) -> None:
-    """Move ``tmp`` to ``root``; a previous ``root`` is moved aside first, deleted only after."""
-    if not root.exists():
-        os.replace(tmp, root)
-        return
-    old = root.parent / f".{root.name}.old-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    os.replace(root, old)
-    try:
-        os.replace(tmp, root)
-    except BaseException:
-        os.replace(old, root)
-        raise
-    shutil.rmtree(old, ignore_errors=True)

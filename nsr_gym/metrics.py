@@ -27,20 +27,30 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from nsr_gym.stats import mean_ci
+
+__all__ = ["BYTES_PER_MB", "PHASE_COLUMNS", "RECOVERY_EPS", "RECOVERY_WINDOW", "RunSummary",
+           "accuracy_matrix", "leaderboard", "phase_table", "recovery_convention",
+           "recovery_time", "summarize", "summarize_run"]
+
 #: Default tolerance and window of the recovery time.
 RECOVERY_EPS = 0.02
 RECOVERY_WINDOW = 5
 BYTES_PER_MB = 1_000_000
+#: Columns of :func:`phase_table`, in order.
+PHASE_COLUMNS = ["phase", "task_id", "visit", "length", "acc_mean", "acc_first", "acc_end",
+                 "zero_shot", "return", "switches", "recovery", "censored", "bwt", "forgetting"]
 
 
 def recovery_convention(eps: float = RECOVERY_EPS, window: int = RECOVERY_WINDOW) -> str:
     """The counting convention, to print next to every recovery figure."""
-    return (f"R_eps: steps of a revisit before accuracy is within eps={eps} of the mean of the last "
-            f"{window} steps of the task's previous visit (0 = recovered at the first step; "
+    return (f"R_eps: steps of a revisit before accuracy is within eps={eps} of the mean of the "
+            f"last {window} steps of the task's previous visit (0 = recovered at the first step; "
             "censored at L)")
 
 
-def recovery_time(acc: np.ndarray, a_pre: float, eps: float = RECOVERY_EPS) -> tuple[int, bool]:
+def recovery_time(acc: np.ndarray, a_pre: float,
+                  eps: float = RECOVERY_EPS) -> tuple[int, bool]:
     """``R_eps`` of one revisit.
 
     Args:
@@ -60,39 +70,49 @@ def recovery_time(acc: np.ndarray, a_pre: float, eps: float = RECOVERY_EPS) -> t
 
 def phase_table(steps: pd.DataFrame, eps: float = RECOVERY_EPS,
                 window: int = RECOVERY_WINDOW) -> pd.DataFrame:
-    """One row per phase: task, visit, start/end accuracy, return accuracy, recovery time."""
-    rows = []
+    """One row per phase of one run's step log (the module docstring has the definitions).
+
+    Args:
+        steps: One ``(agent, seed)`` run's per-step log, in any row order.
+        eps: Tolerance of the recovery time.
+        window: Steps of a task's previous visit that give the recovery reference ``a_pre``.
+
+    Returns:
+        :data:`PHASE_COLUMNS`: ``phase, task_id, visit, length, acc_mean, acc_first, acc_end,
+        zero_shot, return, switches, recovery, censored, bwt, forgetting``; the last four are
+        NaN on a task's first visit.
+    """
+    if steps.empty:
+        return pd.DataFrame(columns=PHASE_COLUMNS)
+    steps = steps.sort_values(["phase", "step_in_phase"])
+    phase = steps["phase"].to_numpy()
+    starts = np.flatnonzero(np.r_[True, phase[1:] != phase[:-1]])
+    ends = np.r_[starts[1:], len(phase)]
+    acc = steps["accuracy"].to_numpy()
+    reward, switched = steps["reward"].to_numpy(), steps["switched"].to_numpy()
+    task = steps["task_id"].to_numpy()[starts]
+    zero_shot = steps["zero_shot_accuracy"].to_numpy()[starts].astype(np.float64)
+    n = len(starts)
+    acc_mean, ret = np.empty(n), np.empty(n)
+    switches = np.empty(n, dtype=np.int64)
+    recovery, censored = np.full(n, np.nan), np.full(n, np.nan)
+    bwt, forgetting = np.full(n, np.nan), np.full(n, np.nan)
     last_end: dict[int, list[float]] = {}  # task -> end accuracies of its visits so far
     last_pre: dict[int, float] = {}
-    for phase, g in steps.groupby("phase", sort=True):
-        g = g.sort_values("step_in_phase")
-        task = int(g["task_id"].iloc[0])
-        acc = g["accuracy"].to_numpy()
-        row = {
-            "phase": int(phase),
-            "task_id": task,
-            "visit": int(g["visit"].iloc[0]),
-            "length": len(g),
-            "acc_mean": float(acc.mean()),
-            "acc_first": float(acc[0]),
-            "acc_end": float(acc[-1]),
-            "zero_shot": float(g["zero_shot_accuracy"].iloc[0]),
-            "return": float(g["reward"].sum()),
-            "switches": int(g["switched"].sum()),
-            "recovery": np.nan,
-            "censored": np.nan,
-            "bwt": np.nan,
-            "forgetting": np.nan,
-        }
-        if task in last_end:
-            r, censored = recovery_time(acc, last_pre[task], eps)
-            row.update(recovery=r, censored=float(censored),
-                       bwt=row["zero_shot"] - last_end[task][-1],
-                       forgetting=max(last_end[task]) - row["zero_shot"])
-        last_end.setdefault(task, []).append(row["acc_end"])
-        last_pre[task] = float(acc[-window:].mean())
-        rows.append(row)
-    return pd.DataFrame(rows)
+    for p, (s, e) in enumerate(zip(starts, ends, strict=True)):
+        a, m = acc[s:e], int(task[p])
+        acc_mean[p], ret[p], switches[p] = a.mean(), reward[s:e].sum(), switched[s:e].sum()
+        if m in last_end:
+            r, cens = recovery_time(a, last_pre[m], eps)
+            recovery[p], censored[p] = r, float(cens)
+            bwt[p] = zero_shot[p] - last_end[m][-1]
+            forgetting[p] = max(last_end[m]) - zero_shot[p]
+        last_end.setdefault(m, []).append(float(a[-1]))
+        last_pre[m] = float(a[-window:].mean())
+    values = [phase[starts], task, steps["visit"].to_numpy()[starts], ends - starts, acc_mean,
+              acc[starts].astype(np.float64), acc[ends - 1].astype(np.float64), zero_shot, ret,
+              switches, recovery, censored, bwt, forgetting]
+    return pd.DataFrame(dict(zip(PHASE_COLUMNS, values, strict=True)))
 
 
 def accuracy_matrix(phases: pd.DataFrame, value: str = "acc_end") -> np.ndarray:
@@ -160,21 +180,6 @@ def summarize(steps: pd.DataFrame, reference: str | None = "oracle", eps: float 
         ref = runs[runs["agent"] == reference].set_index("seed")["episode_return"]
         runs["regret"] = runs["seed"].map(ref) - runs["episode_return"]
     return runs
-
-
-def mean_ci(values: np.ndarray, n_boot: int = 2000, level: float = 0.95,
-            seed: int = 0) -> tuple[float, float, float]:
-    """Mean and a percentile bootstrap CI over seeds (the seed is the independent unit)."""
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if values.size == 0:
-        return float("nan"), float("nan"), float("nan")
-    if values.size == 1:
-        return float(values[0]), float(values[0]), float(values[0])
-    rng = np.random.default_rng(seed)
-    boots = values[rng.integers(0, values.size, (n_boot, values.size))].mean(1)
-    lo, hi = np.quantile(boots, [(1 - level) / 2, (1 + level) / 2])
-    return float(values.mean()), float(lo), float(hi)
 
 
 def leaderboard(runs: pd.DataFrame, classes: dict[str, str] | None = None) -> pd.DataFrame:

@@ -173,7 +173,8 @@ def _torchvision_classes(verify: bool) -> dict[str, type]:
         def __init__(self, root: str, train: bool = True, transform=None, target_transform=None,
                      download: bool = False) -> None:
             # torchvision's __init__, with the safe unpickler in place of pickle.load.
-            VisionDataset.__init__(self, root, transform=transform, target_transform=target_transform)
+            VisionDataset.__init__(self, root, transform=transform,
+                                   target_transform=target_transform)
             self.train = train
             if not self._check_integrity():
                 raise RuntimeError("Dataset not found or corrupted.")
@@ -195,14 +196,16 @@ def _torchvision_classes(verify: bool) -> dict[str, type]:
                 )
 
         def _load_meta(self) -> None:  # torchvision's, minus the md5, with the safe unpickler
-            data = _read_cifar_pickle(os.path.join(self.root, self.base_folder, self.meta["filename"]))
+            meta = os.path.join(self.root, self.base_folder, self.meta["filename"])
+            data = _read_cifar_pickle(meta)
             self.classes = data[self.meta["key"]]
             self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
 
     class CIFAR100(CIFAR10):
         base_folder = tvd.CIFAR100.base_folder
         url, filename, tgz_md5 = tvd.CIFAR100.url, tvd.CIFAR100.filename, tvd.CIFAR100.tgz_md5
-        train_list, test_list, meta = tvd.CIFAR100.train_list, tvd.CIFAR100.test_list, tvd.CIFAR100.meta
+        train_list, test_list = tvd.CIFAR100.train_list, tvd.CIFAR100.test_list
+        meta = tvd.CIFAR100.meta
 
     svhn = tvd.SVHN
     if not verify:

@@ -1,4 +1,6 @@
-"""Writing results: atomic files and a manifest naming the command, seeds and git revision."""
+"""Writing results: tables, CSV and JSON files, and the manifest naming the command, seeds and
+git revision that every figure in ``results/`` carries. Files are written atomically
+(:mod:`nsr_gym.atomic`)."""
 
 from __future__ import annotations
 
@@ -7,13 +9,14 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from nsr_gym.atomic import atomic_write_text
 
 _PACKAGES = ("nsr-gym", "gymnasium", "torch", "peft", "stable-baselines3", "sb3-contrib", "numpy",
              "pandas", "scikit-learn", "safetensors")
@@ -45,7 +48,8 @@ def package_versions() -> dict[str, str]:
 def command_line() -> str:
     """The command as the user typed it (``nsr-gym ...``)."""
     prog = Path(sys.argv[0]).name
-    return " ".join(["nsr-gym" if prog in ("nsr-gym", "cli.py", "__main__.py") else prog, *sys.argv[1:]])
+    shown = "nsr-gym" if prog in ("nsr-gym", "cli.py", "__main__.py") else prog
+    return " ".join([shown, *sys.argv[1:]])
 
 
 def manifest(command: str, seeds: list[int], wall_time_s: float, **extra: Any) -> dict[str, Any]:
@@ -59,26 +63,11 @@ def manifest(command: str, seeds: list[int], wall_time_s: float, **extra: Any) -
         "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_time_s": round(wall_time_s, 2),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                    "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"},
+                    "device": (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+                               else "cpu")},
         "versions": package_versions(),
         **extra,
     }
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary sibling and ``os.replace``: never half-written."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_csv(path: str | os.PathLike, frame: pd.DataFrame, float_format: str = "%.6g") -> None:
@@ -95,3 +84,17 @@ def provenance_line(meta: dict[str, Any]) -> str:
     seed_txt = f"{seeds[0]}..{seeds[-1]}" if len(seeds) > 2 else ",".join(map(str, seeds))
     return (f"Written by `{meta['command']}` (seeds {seed_txt}, git {meta['git_revision'][:12]}, "
             f"{meta['created_utc']}).")
+
+
+def markdown_table(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    """A GitHub markdown table of ``frame`` (no extra dependency); floats as ``floatfmt``."""
+    def fmt(v: object) -> str:
+        if isinstance(v, float):
+            return "nan" if v != v else format(v, floatfmt)
+        return str(v)
+
+    cols = list(frame.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |"
+              for row in frame.itertuples(index=False)]
+    return "\n".join(lines)

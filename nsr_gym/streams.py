@@ -31,7 +31,8 @@ RECURRENCE_LAWS = {"zipf": 1.0, "geometric": 0.1}
 
 
 class _ScheduleNames(tuple):
-    """The schedule names; ``in`` also accepts a recurrence law with a parameter (``"zipf:1.5"``)."""
+    """The schedule names; ``in`` also accepts a recurrence law with a parameter
+    (``"zipf:1.5"``)."""
 
     def __contains__(self, kind: object) -> bool:
         try:
@@ -90,16 +91,27 @@ def make_stream(
     Raises:
         ValueError: on an unknown kind or non-positive sizes, saying which value to change.
     """
-    for name, value in (("n_tasks", n_tasks), ("phase_length", phase_length), ("n_cycles", n_cycles)):
+    for name, value in (("n_tasks", n_tasks), ("phase_length", phase_length),
+                        ("n_cycles", n_cycles)):
         if int(value) != value or value < 1:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if kind == "cyclic":
         schedule = np.tile(np.arange(n_tasks), n_cycles)
     elif kind == "sequential":
         schedule = np.arange(n_tasks)
-    elif kind == "recurring":
+    elif kind in ("recurring", "revisit") or parse_recurrence(kind) is not None:
         if rng is None:
-            raise ValueError("a recurring stream needs rng (a seeded numpy Generator)")
+            raise ValueError(f"a {kind} stream needs rng (a seeded numpy Generator)")
+        schedule = _random_schedule(kind, n_tasks, n_cycles, rng)
+    else:
+        raise ValueError(f"unknown schedule {kind!r}; choose one of {SCHEDULES}")
+    return TaskStream(schedule.astype(np.int64), int(phase_length), int(n_tasks))
+
+
+def _random_schedule(kind: str, n_tasks: int, n_cycles: int,
+                     rng: np.random.Generator) -> np.ndarray:
+    """The phase schedule of a seeded kind (``recurring``, ``revisit`` or a recurrence law)."""
+    if kind == "recurring":
         n_phases = n_tasks * n_cycles
         schedule = np.empty(n_phases, dtype=np.int64)
         prev = -1
@@ -107,23 +119,17 @@ def make_stream(
             choices = [t for t in range(n_tasks) if t != prev] if n_tasks > 1 else [0]
             prev = int(choices[int(rng.integers(len(choices)))])
             schedule[p] = prev
-    elif kind == "revisit":
-        if rng is None:
-            raise ValueError("a revisit stream needs rng (a seeded numpy Generator)")
+        return schedule
+    if kind == "revisit":
         passes = [np.arange(n_tasks)]
         for _ in range(n_cycles - 1):
             order = rng.permutation(n_tasks)
             if n_tasks > 1 and order[0] == passes[-1][-1]:
                 order = np.roll(order, -1)  # no task twice in a row across passes
             passes.append(order)
-        schedule = np.concatenate(passes)
-    elif (law := parse_recurrence(kind)) is not None:
-        if rng is None:
-            raise ValueError(f"a {kind} stream needs rng (a seeded numpy Generator)")
-        schedule = _stack_distance_schedule(n_tasks, n_cycles, recurrence_weights(*law, n_tasks), rng)
-    else:
-        raise ValueError(f"unknown schedule {kind!r}; choose one of {SCHEDULES}")
-    return TaskStream(schedule.astype(np.int64), int(phase_length), int(n_tasks))
+        return np.concatenate(passes)
+    weights = recurrence_weights(*parse_recurrence(kind), n_tasks)
+    return _stack_distance_schedule(n_tasks, n_cycles, weights, rng)
 
 
 def parse_recurrence(kind: str) -> tuple[str, float] | None:

@@ -1,232 +1,134 @@
 """Checks that reject wrong input before any work starts, with a message that says what to do.
 
-* :func:`learner_option_problems`: values of the ``learner={...}`` overrides of either backend
-  (the dataclass configs themselves accept anything; a zero batch or a negative learning rate
-  would otherwise fail steps later, or silently).
-* :func:`env_geometry` and :func:`check_bank_fits`: whether a saved bank can serve an env, from
-  the shapes of its tensors and, where the env wrote one, the ``geometry.json`` beside it (which
-  also catches a backbone of the same shapes but other weights, e.g. another ``backbone_seed``).
+* :func:`env_config_problems`: the env's own arguments (sizes, weights, names), and
+  :func:`parse_action` / :func:`parse_retention_action`: an action, before anything happens.
+* :func:`learner_option_problems`: values of the ``learner={...}`` overrides of either backend,
+  by the rule each config field carries (:mod:`nsr_gym.learners.config`; :data:`LEARNER_RULES`
+  lists them, derived from the fields, never written out here).
 * :func:`payload_is_finite`: the guard that keeps NaN/inf out of the bank.
 
-Everything raises or returns plain messages; nothing here trains, loads a model or touches data.
+Whether a saved bank fits an env lives with the bank (:mod:`nsr_gym.bank.geometry`); its names
+are re-exported here for callers of the old place. Everything raises or returns plain messages;
+nothing here trains, loads a model or touches data.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from nsr_gym.bank import BankFormatError, TaskKnowledgeBank
+from nsr_gym.bank import EVICTION_POLICIES
+from nsr_gym.bank.geometry import (
+    GEOMETRY_FILE,
+    check_bank_fits,
+    env_geometry,
+    read_geometry,
+    write_geometry,
+)
+from nsr_gym.learners.config import Rule, option_problems
+from nsr_gym.learners.factory import BACKENDS, LEARNER_CONFIGS, learner_rules
+from nsr_gym.streams import SCHEDULES
 
-GEOMETRY_FILE = "geometry.json"
+__all__ = ["GEOMETRY_FILE", "LEARNER_RULES", "check_bank_fits", "env_config_problems",
+           "env_geometry", "learner_option_problems", "parse_action", "parse_retention_action",
+           "payload_is_finite", "read_geometry", "write_geometry"]
 
-# ----------------------------------------------------------------------------- learner options
-
-
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) \
-        and math.isfinite(float(v))
-
-
-def _int_at_least(lo: int) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: _is_int(v) and v >= lo), f"an integer >= {lo}"
-
-
-def _optional(rule: tuple[Callable[[Any], bool], str]) -> tuple[Callable[[Any], bool], str]:
-    return (lambda v: v is None or rule[0](v)), f"None or {rule[1]}"
-
-
-def _per_task(ok: Callable[[float], bool], what: str) -> tuple[Callable[[Any], bool], str]:
-    def check(v: Any) -> bool:
-        values = v if isinstance(v, (list, tuple, np.ndarray)) else [v]
-        return len(values) > 0 and all(_is_num(x) and ok(float(x)) for x in values)
-    return check, f"a finite number {what} (or one per task)"
-
-
-_BOOL = ((lambda v: isinstance(v, (bool, np.bool_))), "True or False")
-_STR = ((lambda v: isinstance(v, str) and v != ""), "a non-empty string")
-_POSITIVE = ((lambda v: _is_num(v) and v > 0), "a finite number > 0")
-
-#: backend -> option -> (test, what it must be). Options without a rule are left to the learner.
-LEARNER_RULES: dict[str, dict[str, tuple[Callable[[Any], bool], str]]] = {
-    "torch": {
-        "hidden": ((lambda v: isinstance(v, (list, tuple)) and len(v) > 0
-                    and all(_is_int(w) and w >= 1 for w in v)),
-                   "a non-empty list of layer widths >= 1, e.g. [64, 32]"),
-        "lora_rank": _int_at_least(1),
-        "lora_alpha": _POSITIVE,
-        "lr": _POSITIVE,
-        "batch_size": _int_at_least(1),
-        "probe_size": _int_at_least(1),
-        "compression_rank": _optional(_int_at_least(1)),
-        "compression_energy": ((lambda v: v is None or (_is_num(v) and 0 < v <= 1)),
-                               "None or a number in (0, 1]"),
-        "backbone_seed": _int_at_least(0),
-        "device": _STR,
-        "backbone": _STR,
-        "measure_truncation": _BOOL,
-        "train_adapters": _BOOL,
-        "fast": _BOOL,
-        "distill_weight": ((lambda v: _is_num(v) and v >= 0), "a finite number >= 0"),
-        "distill_temperature": _POSITIVE,
-        "distill_anchors": _int_at_least(1),
-        "distill_max_tasks": _int_at_least(1),
-        **{k: _int_at_least(1) for k in ("vit_patch", "vit_dim", "vit_depth", "vit_heads",
-                                         "lora_blocks")},
-    },
-    "analytic": {
-        "a_star": _per_task(lambda x: 0 <= x <= 1, "in [0, 1]"),
-        "D": _per_task(lambda x: x >= 0, ">= 0"),
-        "tau": _per_task(lambda x: x > 0, "> 0"),
-        "gamma": ((lambda v: _is_num(v) and 0 <= v <= 1), "a number in [0, 1]"),
-        "kappa": ((lambda v: _is_num(v) and 0 < v <= 1), "a number in (0, 1]"),
-        "transfer": ((lambda v: _is_num(v) and v >= 0), "a finite number >= 0"),
-        "eval_samples": _int_at_least(0),
-        "key_dim": _int_at_least(1),
-        "task_similarity": ((lambda v: _is_num(v) and 0 <= v < 1), "a number in [0, 1)"),
-        "probe_noise": ((lambda v: _is_num(v) and v >= 0), "a finite number >= 0"),
-        "embedding_seed": _int_at_least(0),
-        "extra": ((lambda v: isinstance(v, dict)), "a dict"),
-    },
-}
+#: backend -> option -> (test, what it must be), from the config fields' metadata.
+LEARNER_RULES: dict[str, dict[str, Rule]] = learner_rules()
 
 
 def learner_option_problems(backend: str, options: Mapping[str, Any]) -> list[str]:
-    """One message per bad value in ``options`` (names are checked by the env); [] when fine."""
-    rules = LEARNER_RULES.get(backend, {})
+    """One message per bad value in ``options`` (names are checked by the learner factory)."""
+    config_cls = LEARNER_CONFIGS.get(backend)
+    return [] if config_cls is None else option_problems(config_cls, options)
+
+
+def env_config_problems(*, n_tasks: Any, phase_length: Any, n_cycles: Any, capacity: Any,
+                        updates_per_step: Any, lambda_switch: Any, acc_weight: Any,
+                        schedule: Any, eviction: Any, backend: Any, reserve: Any,
+                        reserve_modes: Sequence[str], render_mode: Any,
+                        render_modes: Sequence[str], retention: Any = "env",
+                        retention_modes: Sequence[str] = ("env",)) -> list[str]:
+    """One message per bad argument of ``AllocationEnv`` (``reserve_modes``, ``render_modes``
+    and ``retention_modes``: the values it accepts, besides ``render_mode=None``); [] when all
+    fit. ``retention="agent"`` needs ``reserve="owner"``."""
     problems = []
-    for name, value in options.items():
-        rule = rules.get(name)
-        if rule is not None and not rule[0](value):
-            problems.append(f"learner option {name} must be {rule[1]} (got {value!r})")
+    for name, v in (("n_tasks", n_tasks), ("phase_length", phase_length), ("n_cycles", n_cycles),
+                    ("capacity", capacity), ("updates_per_step", updates_per_step)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            problems.append(f"{name} must be an integer >= 1 (got {v!r})")
+    for name, v in (("lambda_switch", lambda_switch), ("acc_weight", acc_weight)):
+        if not isinstance(v, (int, float, np.floating)) or not np.isfinite(v) or v < 0:
+            problems.append(f"{name} must be a finite number >= 0 (got {v!r})")
+    for name, v, allowed in (("schedule", schedule, SCHEDULES),
+                             ("eviction", eviction, EVICTION_POLICIES),
+                             ("backend", backend, BACKENDS),
+                             ("reserve", reserve, tuple(reserve_modes)),
+                             ("retention", retention, tuple(retention_modes))):
+        if v not in allowed:
+            problems.append(f"{name} must be one of {allowed} (got {v!r})")
+    if retention == "agent" and reserve != "owner":
+        problems.append(f"retention='agent' decides where each task's own entry goes, so it "
+                        f"needs reserve='owner' (got reserve={reserve!r}); pass reserve='owner'")
+    if render_mode is not None and render_mode not in render_modes:
+        allowed = " or ".join(["None", *map(repr, render_modes)])
+        problems.append(f"render_mode must be {allowed} (got {render_mode!r})")
     return problems
 
 
-# ----------------------------------------------------------------------------- bank geometry
+def parse_action(action: Any, n: int) -> int:
+    """``action`` as an int in ``[0, n)`` (keep, fresh, then ``n - 2`` load actions).
 
-#: Config fields that decide the torch backbone's function or the shape of its LoRA factors,
-#: per backbone kind (configs without a ``backbone`` field are MLPs).
-_TORCH_GEOMETRY = {"mlp": ("backbone", "hidden", "backbone_seed", "lora_rank"),
-                   "vit": ("backbone", "vit_patch", "vit_dim", "vit_depth", "vit_heads",
-                           "lora_blocks", "backbone_seed", "lora_rank")}
-#: Config fields that decide the analytic learner's task embeddings.
-_ANALYTIC_GEOMETRY = ("key_dim", "embedding_seed", "task_similarity")
-
-
-def env_geometry(backend: str, learner: Any, capacity: int, n_tasks: int) -> dict[str, Any]:
-    """What a bank must agree with to serve an env: JSON-able, compared field by field."""
-    geo: dict[str, Any] = {"backend": backend, "capacity": int(capacity),
-                           "key_dim": int(learner.key_dim)}
-    cfg = learner.config
-    if backend == "torch":  # task ids only index owners, checked per entry
-        geo["input_dim"] = int(learner.tasks[0].input_dim)
-        geo["n_classes"] = int(learner.n_classes)
-        kind = getattr(cfg, "backbone", "mlp")
-        fields = _TORCH_GEOMETRY.get(kind, _TORCH_GEOMETRY["vit"] + _TORCH_GEOMETRY["mlp"])
-    else:  # the experience vector has one entry per task
-        geo["n_tasks"] = int(n_tasks)
-        fields = _ANALYTIC_GEOMETRY
-    for name in fields:
-        if hasattr(cfg, name):
-            value = getattr(cfg, name)
-            geo[name] = list(value) if isinstance(value, tuple) else value
-    return geo
+    Raises:
+        ValueError: naming the valid range, for anything but one integer in range (a float
+            with an integer value counts; NaN, bools, arrays of more values do not).
+    """
+    if type(action) is int or isinstance(action, np.integer):  # the common case, cheaply
+        if 0 <= action < n:
+            return int(action)
+    arr = np.asarray(action)
+    if arr.size != 1 or arr.dtype.kind not in "iuf" or arr.dtype == np.bool_:
+        raise ValueError(f"action must be one integer in [0, {n}), got {action!r}")
+    value = arr.reshape(()).item()
+    if isinstance(value, float) and (not np.isfinite(value) or value != int(value)):
+        raise ValueError(f"action must be an integer in [0, {n}), got {action!r}")
+    value = int(value)
+    if not 0 <= value < n:
+        raise ValueError(f"action {value} is out of range: use 0 (keep), 1 (fresh) or "
+                         f"2..{n - 1} (load slot 0..{n - 3})")
+    return value
 
 
-def write_geometry(root: str | os.PathLike, geometry: Mapping[str, Any]) -> None:
-    """Write ``geometry.json`` into a saved bank directory, atomically."""
-    from nsr_gym.results import atomic_write_text
+def parse_retention_action(action: Any, capacity: int) -> tuple[int, int]:
+    """A ``retention="agent"`` action ``[allocation, retention]`` as two ints.
 
-    atomic_write_text(Path(root) / GEOMETRY_FILE, json.dumps(dict(geometry), indent=1) + "\n")
+    ``allocation`` is in ``[0, K + 2)`` (keep, fresh, load slot ``k``), ``retention`` in
+    ``[0, K + 1)`` (drop the pending entry, or write it into slot ``retention - 1``). Whether a
+    nonzero ``retention`` means anything (an entry is pending) is the env's to say.
 
-
-def _expected_shapes(backend: str, learner: Any) -> dict[str, tuple[int | None, ...]]:
-    """Payload name -> shape, ``None`` where the stored rank ``k`` goes (``1 <= k <= r``)."""
-    if backend != "torch":
-        return {"h": (learner.n_tasks,)}
-    shapes: dict[str, tuple[int | None, ...]] = {}
-    for i, (a, b, _) in enumerate(learner._lora):  # (A (r, in), B (out, r), scaling) per layer
-        shapes[f"layer{i}.B"] = (int(b.shape[0]), None)
-        shapes[f"layer{i}.A"] = (None, int(a.shape[1]))
-    shapes["head.weight"] = tuple(learner.head.weight.shape)
-    shapes["head.bias"] = tuple(learner.head.bias.shape)
-    return shapes
-
-
-def check_bank_fits(bank: TaskKnowledgeBank, path: str | os.PathLike, backend: str, learner: Any,
-                    capacity: int, n_tasks: int) -> None:
-    """Raise :class:`BankFormatError` listing every way the bank loaded from ``path`` cannot
-    serve an env with this learner, capacity and task count; return quietly when it can."""
-    root = Path(path)
-    here = env_geometry(backend, learner, capacity, n_tasks)
-    problems: list[str] = []
-    saved = _read_geometry(root)
-    if saved is not None:
-        for name in sorted(set(saved) | set(here)):
-            if saved.get(name) != here.get(name):
-                problems.append(f"{name} is {saved.get(name)!r} in the bank, "
-                                f"{here.get(name)!r} here")
-    if bank.capacity != capacity:
-        problems.append(f"the bank has {bank.capacity} slots, this env capacity={capacity}")
-    if bank.key_dim != learner.key_dim:
-        problems.append(f"the bank's keys have {bank.key_dim} dims, this learner's "
-                        f"{learner.key_dim}")
-    expected = _expected_shapes(backend, learner)
-    rank = getattr(learner.config, "lora_rank", None)
-    for slot, entry in enumerate(bank.slots):
-        if entry is None:
-            continue
-        if set(entry.tensors) != set(expected):
-            problems.append(f"slot {slot} holds {sorted(entry.tensors)}, a {backend} entry holds "
-                            f"{sorted(expected)}")
-            continue
-        ks = set()
-        for name, want in expected.items():
-            got = tuple(entry.tensors[name].shape)
-            fits = len(got) == len(want) and all(w is None or g == w for g, w in zip(got, want))
-            if not fits:
-                shown = tuple("k" if w is None else w for w in want)
-                problems.append(f"slot {slot} {name} is {got}, this backbone needs {shown}")
-            ks.update(g for g, w in zip(got, want) if w is None)
-        if rank is not None and any(not 1 <= k <= rank for k in ks):
-            problems.append(f"slot {slot} has LoRA ranks {sorted(ks)}, this learner's lora_rank "
-                            f"is {rank}")
-        if not all(-1 <= t < n_tasks for t in [entry.owner, *entry.tasks_served]):
-            problems.append(f"slot {slot} serves tasks {entry.tasks_served} (owner "
-                            f"{entry.owner}), this env has tasks 0..{n_tasks - 1}")
-    if problems:
-        raise BankFormatError(
-            f"{root}: this bank does not fit the env: " + "; ".join(problems) + ". Make the env "
-            "with the settings the bank was saved with (see its geometry.json), or start from an "
-            "empty bank")
-
-
-def _read_geometry(root: Path) -> dict[str, Any] | None:
-    p = root / GEOMETRY_FILE
-    if not p.is_file():
-        return None
-    try:
-        geo = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BankFormatError(f"{p}: not valid JSON ({exc}). Delete it to load the bank on its "
-                              "tensor shapes alone, or save the bank again") from exc
-    if not isinstance(geo, dict):
-        raise BankFormatError(f"{p}: expected a JSON object. Delete it or save the bank again")
-    return geo
-
-
-# ----------------------------------------------------------------------------- finiteness
+    Raises:
+        ValueError: naming the valid ranges, for anything but two integers in range (floats with
+            integer values count; NaN, bools, strings and other shapes do not).
+    """
+    n_alloc, n_ret = capacity + 2, capacity + 1
+    form = (f"an array of 2 integers [allocation in [0, {n_alloc}), retention in [0, {n_ret})] "
+            "(retention='agent' takes a MultiDiscrete action)")
+    arr = np.asarray(action)
+    if arr.shape != (2,) or arr.dtype.kind not in "iuf" or arr.dtype == np.bool_:
+        raise ValueError(f"action must be {form}, got {action!r}")
+    if arr.dtype.kind == "f" and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+        raise ValueError(f"action must be {form}, got {action!r}")
+    a, r = (int(v) for v in arr.tolist())
+    if not 0 <= a < n_alloc:
+        raise ValueError(f"allocation action[0] = {a} is out of range: use 0 (keep), 1 (fresh) "
+                         f"or 2..{n_alloc - 1} (load slot 0..{capacity - 1})")
+    if not 0 <= r < n_ret:
+        raise ValueError(f"retention action[1] = {r} is out of range: use 0 (drop the pending "
+                         f"entry) or 1..{n_ret - 1} (write it into slot 0..{capacity - 1})")
+    return a, r
 
 
 def payload_is_finite(payload: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]) -> bool:

@@ -6,8 +6,8 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from agents import RULE_AGENTS, make_policy, rollout
 from nsr_gym import FRESH, KEEP, LOAD_OFFSET
+from nsr_gym.agents import RULE_AGENTS, make_policy, rollout
 
 ENV = "nsr_gym/CyclicSplitDigits-v0"
 
@@ -22,7 +22,8 @@ def _obs(K=3, sims=(0.0, 0.0, 0.0), occupied=(0, 0, 0), active=0, shift=0.0):
 
 def test_predict_signature_like_sb3():
     for name in RULE_AGENTS:
-        action, state = make_policy(name).predict(_obs(), state=None, episode_start=np.ones(1), deterministic=True)
+        action, state = make_policy(name).predict(_obs(), state=None, episode_start=np.ones(1),
+                                                  deterministic=True)
         assert np.asarray(action).dtype == np.int64 and state is None
 
 
@@ -38,8 +39,10 @@ def test_memoryless_agents():
     shift = _obs(occupied=(1, 1, 0), shift=0.5)
     steady = _obs(occupied=(1, 1, 0))
     assert make_policy("keep-current").act(shift) == KEEP
-    assert make_policy("always-fresh").act(shift) == FRESH and make_policy("always-fresh").act(steady) == KEEP
-    assert make_policy("fixed-slot").act(shift) == LOAD_OFFSET and make_policy("fixed-slot").act(steady) == KEEP
+    assert (make_policy("always-fresh").act(shift) == FRESH
+            and make_policy("always-fresh").act(steady) == KEEP)
+    assert (make_policy("fixed-slot").act(shift) == LOAD_OFFSET
+            and make_policy("fixed-slot").act(steady) == KEEP)
     rs = make_policy("random-slot")
     rs.reset(0)
     draws = {rs.act(shift) for _ in range(50)}
@@ -49,6 +52,26 @@ def test_memoryless_agents():
 def test_unknown_agent():
     with pytest.raises(ValueError, match="unknown agent"):
         make_policy("ppo-magic")
+
+
+def test_similarity_threshold_is_the_banks():
+    from nsr_gym.agents import AdaptiveSimilarityRule, SimilarityRule
+    from nsr_gym.bank import SIMILARITY_THRESHOLD
+
+    assert SimilarityRule().threshold == AdaptiveSimilarityRule().threshold == SIMILARITY_THRESHOLD
+    assert make_policy("similarity", threshold=0.8).threshold == 0.8
+
+
+def test_rollout_before_step_hook_sees_each_decision_and_changes_nothing():
+    env = gym.make(ENV, backend="analytic", phase_length=3, n_cycles=2)
+    plain = rollout(env, make_policy("similarity"), seed=1)
+    seen = []
+    hooked = rollout(env, make_policy("similarity"), seed=1,
+                     before_step=lambda obs, info, action: seen.append(
+                         (int(info["next_task_id"]), action, float(obs["task_shift"][0]))))
+    assert hooked.equals(plain)
+    assert [a for _, a, _ in seen] == plain["action"].tolist()
+    assert [t for t, _, _ in seen] == plain["task_id"].tolist()  # the step about to run
 
 
 @pytest.mark.parametrize("backend", ["torch", "analytic"])
@@ -70,7 +93,7 @@ def _random_cosines(n: int, d: int, rng: np.random.Generator) -> np.ndarray:
 
 
 def test_adaptive_similarity_threshold_grows_with_the_bank():
-    from agents import AdaptiveSimilarityRule, SimilarityRule
+    from nsr_gym.agents import AdaptiveSimilarityRule, SimilarityRule
 
     rng = np.random.default_rng(0)
     adaptive, fixed = AdaptiveSimilarityRule(), SimilarityRule()

@@ -20,9 +20,9 @@ import numpy as np
 import pytest
 
 import nsr_gym  # noqa: F401 - registers the envs
-from agents import AlwaysFresh, FixedSlot, KeepCurrent, Oracle, SimilarityRule, rollout
 from nsr_gym import metrics
-from theory import (
+from nsr_gym.agents import AlwaysFresh, FixedSlot, KeepCurrent, Oracle, SimilarityRule, rollout
+from nsr_gym.theory import (
     CyclicSetting,
     ExpCurve,
     hits_per_cycle,

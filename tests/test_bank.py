@@ -389,7 +389,7 @@ def test_round_trip_preserves_everything(tmp_path: Path):
     back = TaskKnowledgeBank.load(tmp_path / "b")
     assert (back.capacity, back.key_dim, back.eviction) == (4, 3, "fifo")
     assert [e is None for e in back.slots] == [e is None for e in bank.slots]
-    for x, y in zip(bank.slots, back.slots):
+    for x, y in zip(bank.slots, back.slots, strict=True):
         if x is None:
             continue
         for f in ("owner", "tasks_served", "usage", "created_step", "last_used_step",
@@ -417,6 +417,74 @@ def test_empty_bank_round_trip(tmp_path: Path):
     TaskKnowledgeBank(2, 5, "reject").save(tmp_path / "e")
     back = TaskKnowledgeBank.load(tmp_path / "e")
     assert len(back) == 0 and back.capacity == 2 and back.eviction == "reject"
+
+
+def test_checksums_keep_their_values():
+    """Banks saved by earlier versions must still verify: the digests of fixed inputs, as the
+    format's version-2 writer computed them before the checksum code moved to nsr_gym.atomic."""
+    from nsr_gym.bank.files import entry_sha256, manifest_sha256
+
+    manifest = {"format_version": 2, "capacity": 3, "eviction": "lru",
+                "entries": [{"slot": 0, "tasks_served": [1, 2], "pinned": False}],
+                "manifest_sha256": "its own field is left out"}
+    named = {"A": torch.arange(6, dtype=torch.float32).reshape(2, 3),
+             "b": torch.tensor([3], dtype=torch.int64), "__key__": torch.ones(4)}
+    assert manifest_sha256(manifest) == \
+        "370597578b919151d119dd1dd960bb3ad0f50ce3eae1cb8cb711876f2bbcf642"
+    assert entry_sha256(named) == "7ed1d307949302552ed1861b7682e06ce916b1a744a1854e8ac860e471327df2"
+
+
+def test_restore_and_next_inserted_order_are_public(tmp_path: Path):
+    bank = TaskKnowledgeBank(3, 3, "fifo")
+    for i in range(3):
+        bank.insert(_entry([1, i, 0], i), i)
+    bank.save(tmp_path / "b")
+    back = TaskKnowledgeBank.load(tmp_path / "b")
+    assert back.next_inserted_order == bank.next_inserted_order == 3
+    with pytest.raises(ValueError, match="occupied"):
+        back.restore({0: _entry([1, 0, 0], 9)}, 4)
+    back.insert(_entry([0, 0, 1], 5), 9)  # FIFO order survived the round trip: slot 0 goes
+    assert [e.owner for e in back.slots] == [5, 1, 2]
+
+
+@pytest.mark.parametrize("policy", ["lru", "lfu", "least_unique"])
+def test_bank_keeps_its_view_current(policy: str):
+    """Whatever the writes, ``bank.view`` equals a view built from scratch."""
+    from nsr_gym.bank import BankView
+
+    rng = np.random.default_rng(0)
+    bank = TaskKnowledgeBank(4, 3, policy)
+    view = bank.view
+
+    def check() -> None:
+        fresh = BankView(bank)
+        for name in ("occupied", "last_used", "usage"):
+            np.testing.assert_array_equal(getattr(bank.view, name), getattr(fresh, name))
+        assert (bank.view.owner_slot, bank.view.entries, bank.view.nbytes) == \
+            (fresh.owner_slot, fresh.entries, fresh.nbytes)
+        q = rng.standard_normal(3).astype(np.float32)
+        np.testing.assert_array_equal(bank.view.similarities(q), bank.similarities(q))
+
+    for step in range(60):
+        op = rng.integers(4)
+        occupied = np.flatnonzero(bank.occupied())
+        owner = int(rng.integers(6))
+        entry = _entry(rng.standard_normal(3), owner, nbytes_tensor=int(rng.integers(1, 5)))
+        if op == 0 or not len(occupied):
+            bank.insert(entry, step)
+        elif op == 1:
+            bank.update(int(rng.choice(occupied)), entry, step)
+        elif op == 2:
+            bank.touch(int(rng.choice(occupied)), step)
+        else:
+            bank.pin(int(rng.choice(occupied)), bool(rng.integers(2)))
+        check()
+    assert bank.view is view  # kept current in place, never rebuilt by these writes
+    bank.shift_steps(-5)
+    check()
+    bank.clear()
+    check()
+    assert bank.view.entries == 0 and bank.next_inserted_order == 0
 
 
 def test_manifest_contents(saved: Path):

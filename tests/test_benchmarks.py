@@ -79,7 +79,7 @@ def test_probe_embeddings_retrieve_their_own_task(family):
 
 
 def test_similarity_rule_loads_the_returning_tasks_entry():
-    from agents import SimilarityRule
+    from nsr_gym.agents import SimilarityRule
 
     env = gym.make(nsr_gym.env_id("FiveDomains"), phase_length=3, n_cycles=2, updates_per_step=1)
     policy = SimilarityRule()

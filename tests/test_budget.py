@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import nsr_gym
-from nsr_gym import budget
+from nsr_gym.studies import budget
 
 
 def test_vit_b16_entry_bytes_are_exact():
@@ -63,7 +63,7 @@ def test_compression_sweep_is_monotone_in_bytes():
 
 
 def test_eviction_study_separates_retained_from_evicted():
-    from agents import SimilarityRule
+    from nsr_gym.agents import SimilarityRule
 
     def make_env(capacity, eviction):
         return gym.make(
@@ -86,6 +86,7 @@ def test_eviction_study_separates_retained_from_evicted():
     assert isinstance(summary, pd.DataFrame) and "retained_share" in summary
 
 
+@pytest.mark.slow
 def test_budget_cli_smoke(tmp_path):
     out = tmp_path / "budget"
     subprocess.run(

@@ -1,4 +1,4 @@
-"""The controlled study's pieces (agents/controller_study.py, controller_tables.py) on the
+"""The controlled study's pieces (nsr_gym/studies/controllers.py, controller_tables.py) on the
 analytic backend."""
 
 from __future__ import annotations
@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents import controller_study as cs
-from agents import controller_tables as ct
-from agents import make_agent
+from nsr_gym.agents import make_agent
+from nsr_gym.studies import controller_tables as ct
+from nsr_gym.studies import controllers as cs
 
 RULES = ("similarity", "oracle", "keep-current", "fixed-slot", "round-robin")
 
@@ -61,4 +61,9 @@ def test_benchmark_reports_time_and_curve(tmp_path):
     assert bench["rule_return"] > 500
     assert bench["target_return"] == pytest.approx(0.95 * bench["rule_return"])
     assert len(bench["curve"]) >= 1 and np.isfinite(bench["curve"][0]["mean_return"])
-    assert bench["reached"] in (True, False) and bench["cpu_count"] >= 1
+    # ``reached`` summarises the curve: some evaluation got within 5% of the rule, and training
+    # stopped at the first that did
+    hits = [p for p in bench["curve"] if p["mean_return"] >= bench["target_return"]]
+    assert bench["reached"] is bool(hits) and bench["cpu_count"] >= 1
+    if hits:
+        assert hits == bench["curve"][-1:] and bench["timesteps"] == hits[0]["timesteps"]

@@ -26,7 +26,8 @@ def test_split_is_stratified_disjoint_and_deterministic():
 
 def test_split_digits_tasks_are_binary_with_local_labels():
     tasks = split_digits(5)
-    assert [t.name for t in tasks] == ["digits{0,1}", "digits{2,3}", "digits{4,5}", "digits{6,7}", "digits{8,9}"]
+    assert [t.name for t in tasks] == ["digits{0,1}", "digits{2,3}", "digits{4,5}", "digits{6,7}",
+                                       "digits{8,9}"]
     for t in tasks:
         assert t.n_classes == 2
         assert set(np.unique(t.y_train)) == {0, 1} and set(np.unique(t.y_test)) == {0, 1}

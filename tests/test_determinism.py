@@ -11,12 +11,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 SCRIPT = r"""
 import hashlib, sys
 import numpy as np, torch
 torch.set_num_threads(1)
 import gymnasium as gym, nsr_gym
-from agents import RULE_AGENTS
+from nsr_gym.agents import RULE_AGENTS
 
 def rollout(backend, seed, agent):
     env = gym.make("nsr_gym/RecurringSplitDigits-v0", backend=backend, phase_length=3,
@@ -56,10 +58,11 @@ def _run(hash_seed: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, env=env)
 
 
+@pytest.mark.slow
 def test_same_seed_same_log_across_processes_both_backends():
     procs = [_run("0"), _run("12345")]  # both at once: the interpreter start is most of the time
     outs = [p.communicate(timeout=300) for p in procs]
-    for p, (_, err) in zip(procs, outs):
+    for p, (_, err) in zip(procs, outs, strict=True):
         assert p.returncode == 0, err.decode()
     (a, _), (b, _) = outs
     lines = a.decode().splitlines()

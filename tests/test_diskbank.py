@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from nsr_gym.bank import BankEntry, BankFormatError, TaskKnowledgeBank
-from nsr_gym.diskbank import DiskBank
+from nsr_gym.bank.disk import DiskBank
 
 
 def _entry(i: int, rng: np.random.Generator, rank: int | None = None) -> BankEntry:

@@ -9,8 +9,8 @@ import torch
 from gymnasium.utils.env_checker import check_env
 
 import nsr_gym  # noqa: F401 - registers the envs
-from agents import KeepCurrent, SimilarityRule, rollout
 from nsr_gym import AllocationEnv
+from nsr_gym.agents import KeepCurrent, SimilarityRule, rollout
 from nsr_gym.data import make_tasks
 from nsr_gym.learners.torch_learner import TorchLearner, TorchLearnerConfig
 

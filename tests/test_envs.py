@@ -80,7 +80,8 @@ def test_different_seeds_differ():
 def test_episode_structure_and_info(backend):
     env = make(IDS[0], backend)
     obs, info = env.reset(seed=0)
-    assert set(obs) == {"similarity", "occupied", "age", "usage", "active", "last_accuracy", "task_shift"}
+    assert set(obs) == {"similarity", "occupied", "age", "usage", "active", "last_accuracy",
+                        "task_shift"}
     assert all(v.dtype == np.float32 for v in obs.values())
     assert "task_id" not in obs and info["next_task_id"] == 0
     n = 0
@@ -204,3 +205,40 @@ def test_variant_keeps_its_learner_options_when_the_user_adds_some():
     assert (cfg.backbone, cfg.lr, cfg.vit_depth) == ("vit", 1e-2, 2)
     env = gym.make("nsr_gym:nsr_gym/CyclicSplitDigitsViT-v0", learner={"backbone": "mlp"})
     assert env.unwrapped.learner.config.backbone == "mlp"  # the user's word wins
+
+
+def test_reset_empties_the_env_bank_and_a_loaded_bank_keeps_its_policy_one_episode(tmp_path):
+    env = make(IDS[0], "analytic", eviction="fifo").unwrapped
+    bank = env.bank
+    env.reset(seed=0)
+    assert env.bank is bank and len(bank) == 0  # reset empties the bank __init__ built
+    for _ in range(env.phase_length):
+        env.step(KEEP)
+    assert len(bank) == 1
+    env.reset(seed=1)
+    assert env.bank is bank and len(bank) == 0 and bank.view.entries == 0
+    saver = make(IDS[0], "analytic", eviction="lru").unwrapped
+    saver.reset(seed=0)
+    for _ in range(saver.phase_length):
+        saver.step(KEEP)
+    saver.save_bank(tmp_path / "b")
+    env.reset(seed=2, options={"bank": tmp_path / "b"})
+    assert env.bank.eviction == "lru" and len(env.bank) == 1  # as saved, for this episode
+    env.reset(seed=3)
+    assert env.bank.eviction == "fifo" and len(env.bank) == 0  # the env's own again
+
+
+def test_info_keys_and_their_order():
+    from nsr_gym.envs.allocation import StepInfo
+
+    env = make(IDS[0], "analytic")
+    _, info = env.reset(seed=0)
+    base = ["next_task_id", "next_task_slot", "next_is_phase_start", "bank_entries", "bank_bytes",
+            "action_mask"]
+    assert list(info) == base
+    _, _, _, _, info = env.step(KEEP)
+    assert list(info) == base + list(StepInfo._fields)
+    assert StepInfo._fields == (
+        "task_id", "phase", "step_in_phase", "visit", "is_revisit", "switched", "invalid_load",
+        "accuracy", "zero_shot_accuracy", "loss", "skipped_updates", "phase_end",
+        "evicted_task", "truncation_gap", "reserve_skipped", "protected_tasks")

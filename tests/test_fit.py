@@ -1,11 +1,12 @@
-"""theory.fit: each estimator inverts the model it reads, and a noise-free analytic run is recovered."""
+"""theory.fit: each estimator inverts the model it reads, and a noise-free analytic run is
+recovered."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from theory.fit import (
+from nsr_gym.theory.fit import (
     delta_switch_mean,
     experience_of,
     fit_analytic,
@@ -15,8 +16,8 @@ from theory.fit import (
     kappa_from_revisit,
     kappa_from_truncation_gap,
 )
-from theory.model import ExpCurve
-from theory.theorem1 import CyclicSetting, delta_switch
+from nsr_gym.theory.model import ExpCurve
+from nsr_gym.theory.theorem1 import CyclicSetting, delta_switch
 
 CURVE = ExpCurve(0.96, 0.5, 5.0)
 
@@ -42,7 +43,8 @@ def test_inverses_of_the_model():
     for kappa in (0.3, 0.8, 1.0):
         eps = float(CURVE.acc(L)) - float(CURVE.acc(kappa * L))
         assert kappa_from_truncation_gap(CURVE, eps, L) == pytest.approx(kappa, rel=1e-6)
-        assert kappa_from_revisit(CURVE, float(CURVE.acc(kappa * L + 1)), L) == pytest.approx(kappa, rel=1e-6)
+        revisit = float(CURVE.acc(kappa * L + 1))
+        assert kappa_from_revisit(CURVE, revisit, L) == pytest.approx(kappa, rel=1e-6)
     M = 3
     for gamma in (0.0, 0.99, 0.999):
         G = gamma ** ((M - 1) * L)
@@ -74,9 +76,11 @@ def test_fit_analytic_recovers_parameters_from_model_curves():
         bank_first_revisit=float(CURVE.acc(kappa * L + 1)),
     )
     cfg = fit.config()
-    assert cfg["a_star"] == pytest.approx(0.96, abs=1e-5) and cfg["D"] == pytest.approx(0.5, abs=1e-5)
+    assert cfg["a_star"] == pytest.approx(0.96, abs=1e-5)
+    assert cfg["D"] == pytest.approx(0.5, abs=1e-5)
     assert cfg["tau"] == pytest.approx(5.0, rel=1e-4)
-    assert cfg["kappa"] == pytest.approx(kappa, rel=1e-4) and cfg["gamma"] == pytest.approx(gamma, abs=1e-4)
+    assert cfg["kappa"] == pytest.approx(kappa, rel=1e-4)
+    assert cfg["gamma"] == pytest.approx(gamma, abs=1e-4)
     assert fit.diagnostics["bank_first_revisit_gap"] == pytest.approx(0.0, abs=1e-6)
     assert fit.estimates["rho"] == pytest.approx(
         (float(CURVE.acc(G * L + 1)) - float(CURVE.acc(1.0))) / (0.96 - float(CURVE.acc(1.0))))
@@ -85,8 +89,8 @@ def test_fit_analytic_recovers_parameters_from_model_curves():
 
 
 def test_asymptote_above_one_is_capped_and_kappa_source_is_chosen():
-    from theory.fit import cap_asymptote
-    from theory.estimate import fit_exponential
+    from nsr_gym.theory.estimate import fit_exponential
+    from nsr_gym.theory.fit import cap_asymptote
 
     s = np.arange(1, 21, dtype=float)
     acc = 1.05 - 0.6 * np.exp(-s / 9.0)  # not flattened: the free fit extrapolates a* > 1
@@ -101,12 +105,13 @@ def test_asymptote_above_one_is_capped_and_kappa_source_is_chosen():
     by_rev = fit_analytic(curves, None, L=L, M=M, eps=eps, bank_first_revisit=bank_first)
     by_eps = fit_analytic(curves, None, L=L, M=M, eps=eps, bank_first_revisit=bank_first,
                           kappa_source="truncation")
-    assert by_rev.kappa == pytest.approx(0.8, rel=1e-4) and by_eps.kappa == pytest.approx(0.5, rel=1e-4)
+    assert by_rev.kappa == pytest.approx(0.8, rel=1e-4)
+    assert by_eps.kappa == pytest.approx(0.5, rel=1e-4)
     assert by_rev.estimates["kappa_from_truncation"] == pytest.approx(0.5, rel=1e-4)
 
 
 def test_within_phase_noise_ignores_run_to_run_offsets():
-    from theory.fit import fit_eval_samples_within
+    from nsr_gym.theory.fit import fit_eval_samples_within
 
     rng = np.random.default_rng(1)
     L = 30
@@ -118,7 +123,7 @@ def test_within_phase_noise_ignores_run_to_run_offsets():
 
 
 def test_forgetting_and_transfer_are_recovered_from_keep_current_starts():
-    from theory.fit import forgetting_and_transfer, keep_current_starts
+    from nsr_gym.theory.fit import forgetting_and_transfer, keep_current_starts
 
     M, L = 5, 30
     for gamma, transfer in ((0.99, 0.03), (0.98, 0.05), (0.95, 0.0)):

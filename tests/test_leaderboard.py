@@ -1,52 +1,21 @@
-"""``nsr-gym leaderboard``: statistics, and a smoke run over real (analytic, tiny) results."""
+"""``nsr-gym leaderboard``: a smoke run over real (analytic, tiny) results, in process."""
 
 from __future__ import annotations
 
+import builtins
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from nsr_gym.cli import main
-from nsr_gym.cli.leaderboard import iqm, normalized_scores, stratified_bootstrap_ci
+
+# The statistics (IQM, stratified bootstrap, normalized scores) are tested in tests/test_stats.py.
 
 
-def test_iqm_is_the_mean_of_the_middle_half():
-    assert iqm(np.array([0.0, 1.0, 2.0, 3.0, 100.0])) == pytest.approx(2.0)  # trims 1 per end
-    assert iqm(np.arange(8.0)) == pytest.approx(3.5)
-    assert np.isnan(iqm(np.array([np.nan])))
-
-
-def test_stratified_bootstrap_resamples_within_strata():
-    # two strata with constant values: every resample keeps 3 zeros and 5 ones, so the CI is a point
-    point, lo, hi = stratified_bootstrap_ci([np.zeros(3), np.ones(5)], stat=np.mean)
-    assert point == lo == hi == pytest.approx(5 / 8)
-    point, lo, hi = stratified_bootstrap_ci([np.array([0.0, 1.0, 2.0, 3.0, 4.0])], stat=np.mean)
-    assert point == 2.0 and lo < 2.0 < hi
-
-
-def test_normalized_score_is_zero_for_best_memoryless_and_one_for_oracle():
-    runs = pd.DataFrame(
-        {
-            "agent": ["oracle", "keep-current", "always-fresh", "similarity"] * 2,
-            "seed": [0] * 4 + [1] * 4,
-            "episode_return": [10, 4, 2, 7, 12, 6, 1, 12],
-        }
-    )
-    classes = {
-        "oracle": "oracle",
-        "keep-current": "M0",
-        "always-fresh": "M0",
-        "similarity": "history",
-    }
-    score = normalized_scores(runs, classes)
-    np.testing.assert_allclose(score, [1, 0, -1 / 3, 0.5, 1, 0, -5 / 6, 1])
-
-
-def test_leaderboard_over_real_results(tmp_path):
+@pytest.mark.slow  # two benchmark runs, the figures and rliable's bootstrap: ~20 s
+def test_leaderboard_over_real_results(tmp_path, capsys, monkeypatch):
     for bench in ("FiveDomains", "PermutedDigits"):
         assert (
             main(
@@ -73,14 +42,12 @@ def test_leaderboard_over_real_results(tmp_path):
     study.mkdir()
     (study / "runs.csv").write_text("setting,agent,seed,episode_return\ncyclic,ppo,0,1.0\n")
     (study / "manifest.json").write_text(json.dumps({"command": "nsr-gym study", "benchmark": {}}))
-    done = subprocess.run(
-        [sys.executable, "-m", "nsr_gym.cli", "leaderboard", "--results", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=True,
-    )
-    assert "## FiveDomains" in done.stdout and "## PermutedDigits" in done.stdout
+    capsys.readouterr()
+    argv = ["leaderboard", "--results", str(tmp_path)]
+    monkeypatch.setattr("sys.argv", ["nsr-gym", *argv])  # the command the manifest records
+    assert main(argv) == 0
+    stdout = capsys.readouterr().out
+    assert "## FiveDomains" in stdout and "## PermutedDigits" in stdout
     board = pd.read_csv(tmp_path / "leaderboard.csv")
     assert set(board["benchmark"]) == {"FiveDomains", "PermutedDigits"}
     assert len(board) == 8 and (board["seeds"] == 3).all()
@@ -109,15 +76,45 @@ def test_leaderboard_over_real_results(tmp_path):
         "PermutedDigits-analytic_memory_curves.csv",
     ):
         assert (tmp_path / "leaderboard_plots" / fig).is_file(), fig
+    pytest.importorskip("rliable", reason="rliable is a test extra: the profile plot needs it")
+    assert (tmp_path / "leaderboard_plots" / "performance_profile-analytic.png").is_file()
+    assert "- `leaderboard_plots/performance_profile-analytic.png`" in md
     meta = json.loads((tmp_path / "leaderboard_manifest.json").read_text())
     assert len(meta["sources"]) == 2 and meta["command"].startswith("nsr-gym leaderboard")
 
 
-def test_leaderboard_without_results_says_what_to_run(tmp_path):
-    done = subprocess.run(
-        [sys.executable, "-m", "nsr_gym.cli", "leaderboard", "--results", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 2 and "nsr-gym run --benchmark" in done.stderr
+def test_leaderboard_without_results_says_what_to_run(tmp_path, capsys):
+    assert main(["leaderboard", "--results", str(tmp_path)]) == 2
+    assert "nsr-gym run --benchmark" in capsys.readouterr().err
+
+
+def test_performance_profile_is_skipped_without_rliable(tmp_path, monkeypatch, capsys):
+    from nsr_gym.studies.leaderboard_plots import plot_performance_profiles
+
+    real_import = builtins.__import__
+
+    def no_rliable(name, *args, **kwargs):
+        if name.split(".")[0] == "rliable":
+            raise ImportError("No module named 'rliable'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_rliable)
+    scores = pd.DataFrame({"benchmark": "B", "backend": "analytic", "seed": [0, 1, 0, 1],
+                           "agent": ["oracle", "oracle", "x", "x"], "return": [1.0, 1, 0, 0],
+                           "normalized": [1.0, 1.0, 0.2, 0.4]})
+    assert plot_performance_profiles(scores, tmp_path, "caption") == []
+    assert "skipping the performance-profile plot" in capsys.readouterr().out
+    assert not list(tmp_path.iterdir())
+
+
+def test_profile_scores_are_rectangular_per_agent():
+    from nsr_gym.studies.leaderboard_plots import profile_scores
+
+    scores = pd.DataFrame({
+        "benchmark": ["A", "A", "B", "B", "A", "A", "B", "B"], "backend": "torch",
+        "seed": [0, 1, 0, 1] * 2, "agent": ["x"] * 4 + ["y"] * 4, "return": 0.0,
+        "normalized": [0.1, 0.2, 0.3, np.nan, 1.0, 1.0, 1.0, 1.0]})
+    got = profile_scores(scores)
+    assert list(got) == ["torch"] and set(got["torch"]) == {"x", "y"}
+    np.testing.assert_array_equal(got["torch"]["x"], [[0.1, 0.3]])  # seed 1 lacks B: dropped
+    assert got["torch"]["y"].shape == (2, 2)

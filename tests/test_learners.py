@@ -25,7 +25,7 @@ def test_backbone_frozen_lora_through_peft(learner):
     learner.reset(np.random.default_rng(0))
     learner.train(0, 5)
     after = [p for n, p in learner.model.named_parameters() if not p.requires_grad]
-    assert all(torch.equal(a, b) for a, b in zip(frozen, after))
+    assert all(torch.equal(a, b) for a, b in zip(frozen, after, strict=True))
 
 
 def test_fresh_adapter_computes_the_backbone(learner):
@@ -44,7 +44,8 @@ def test_training_learns_and_snapshot_load_round_trip(learner):
     trained = learner.evaluate(1)
     assert trained > max(before, 0.85)
     payload, gap = learner.snapshot(1)
-    assert set(payload) == {"layer0.A", "layer0.B", "layer1.A", "layer1.B", "head.weight", "head.bias"}
+    assert set(payload) == {"layer0.A", "layer0.B", "layer1.A", "layer1.B", "head.weight",
+                            "head.bias"}
     assert abs(gap) < 0.1
     learner.fresh()
     learner.load(payload)
@@ -67,7 +68,8 @@ def test_nan_loss_skips_the_update(learner):
     state = [p.clone() for a, b, _ in learner._lora for p in (a, b)]
     report = learner.train(0, 3)
     assert report.skipped == 3 and np.isnan(report.loss)
-    assert all(torch.equal(s, p) for s, p in zip(state, [p for a, b, _ in learner._lora for p in (a, b)]))
+    params = [p for a, b, _ in learner._lora for p in (a, b)]
+    assert all(torch.equal(s, p) for s, p in zip(state, params, strict=True))
 
 
 def test_device_errors():
@@ -95,3 +97,40 @@ def test_analytic_learner_follows_the_model():
     assert lr.h.tolist() == pytest.approx([0.8, 0.8, 0.0])
     with pytest.raises(ValueError):
         AnalyticLearner(3, AnalyticConfig(tau=0.0))
+
+
+def test_make_learner_builds_each_backend_and_checks_options():
+    from nsr_gym.learners import make_learner
+
+    torch_learner = make_learner("torch", {"hidden": [32, 16], "lr": 1e-2}, "split_digits", 5)
+    assert isinstance(torch_learner, TorchLearner)
+    assert torch_learner.config == TorchLearnerConfig(hidden=(32, 16), lr=1e-2)
+    analytic = make_learner("analytic", {"tau": 3.0, "backbone": "vit"}, n_tasks=2)
+    assert isinstance(analytic, AnalyticLearner) and analytic.n_tasks == 2
+    assert analytic.config == AnalyticConfig(tau=3.0)  # network options do not apply to it
+    with pytest.raises(ValueError, match=r"belong to the torch backend"):
+        make_learner("analytic", {"lora_rank": 2})
+    with pytest.raises(ValueError, match=r"lr must be a finite number > 0"):
+        make_learner("torch", {"lr": 0.0})
+    with pytest.raises(ValueError, match=r"backend must be one of"):
+        make_learner("jax")
+
+
+def test_config_fields_have_one_home():
+    """TorchLearnerConfig and PretrainedConfig share AdapterConfig's fields (and rules); the
+    validation rules are read from the fields, never listed again."""
+    import dataclasses
+
+    from nsr_gym import validation
+    from nsr_gym.learners.config import AdapterConfig, field_rules
+    from nsr_gym.learners.pretrained import PretrainedConfig
+
+    shared = {f.name for f in dataclasses.fields(AdapterConfig)}
+    for cls in (TorchLearnerConfig, PretrainedConfig):
+        assert issubclass(cls, AdapterConfig)
+        assert set(field_rules(AdapterConfig)) <= set(field_rules(cls))
+    assert PretrainedConfig().lr == 1e-3 and TorchLearnerConfig().lr == 5e-3
+    assert set(validation.LEARNER_RULES["torch"]) == {f.name for f in
+                                                      dataclasses.fields(TorchLearnerConfig)}
+    assert shared <= set(validation.LEARNER_RULES["torch"])
+    assert set(validation.LEARNER_RULES["analytic"]) == set(AnalyticConfig.__dataclass_fields__)

@@ -336,7 +336,7 @@ def test_paper_envs_are_registered_and_run_on_local_files(data_root, tiny_vit):
     from gymnasium.utils.env_checker import check_env
 
     import nsr_gym  # noqa: F401 - registers the envs
-    from agents import SimilarityRule, rollout
+    from nsr_gym.agents import SimilarityRule, rollout
 
     env = gym.make("nsr_gym/FiveDatasets-v0", data_root=data_root, weights=tiny_vit,
                    arch="vit_tiny", n_tasks=2, max_train=16, verify=False,
@@ -360,6 +360,7 @@ def test_paper_envs_say_which_files_they_need(tmp_path):
         gym.make("nsr_gym/SplitCIFAR100-v0", data_root=tmp_path, weights=tmp_path / "w.pth")
 
 
+@pytest.mark.slow
 def test_nsr_gym_run_on_a_paper_benchmark(data_root, tiny_vit, tmp_path, capsys):
     import pandas as pd
 

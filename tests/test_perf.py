@@ -113,6 +113,7 @@ def test_bank_version_counts_changes():
     assert bank.version == v0 + 4  # reads change nothing
 
 
+@pytest.mark.slow
 def test_perf_quick_writes_results(tmp_path):
     out = tmp_path / "perf"
     proc = subprocess.run([sys.executable, "-m", "nsr_gym.cli", "perf", "--quick",

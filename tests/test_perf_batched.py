@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import nsr_gym  # noqa: F401 - registers the envs
-from agents import (
+from nsr_gym.agents import (
     AlwaysFresh,
     FixedSlot,
     KeepCurrent,
@@ -17,7 +17,7 @@ from agents import (
     SimilarityRule,
     rollout,
 )
-from nsr_gym.envs.batched import simulate_analytic
+from nsr_gym.studies.analytic_sweep import simulate_analytic
 
 POLICIES = {"keep-current": KeepCurrent, "always-fresh": AlwaysFresh, "fixed-slot": FixedSlot,
             "random-slot": RandomSlot, "round-robin": RoundRobin, "similarity": SimilarityRule,

@@ -24,8 +24,9 @@ from safetensors.torch import load_file, save_file
 
 import nsr_gym  # noqa: F401 - registers the envs
 from nsr_gym import LOAD_OFFSET
+from nsr_gym.atomic import sha256_file
 from nsr_gym.bank import BankEntry, BankFormatError, TaskKnowledgeBank, compress_lora
-from nsr_gym.bank_files import _entry_sha256, _file_sha256, _manifest_sha256
+from nsr_gym.bank.files import entry_sha256, manifest_sha256
 
 ENV = "nsr_gym/CyclicSplitDigits-v0"
 _ENVS: dict[tuple, gym.Env] = {}
@@ -134,7 +135,7 @@ def saved(tmp_path: Path) -> Path:
 
 def _content(bank: TaskKnowledgeBank) -> list:
     """Everything a bank holds, comparable with ==."""
-    out: list = [bank.capacity, bank.key_dim, bank.eviction, bank._next_order]
+    out: list = [bank.capacity, bank.key_dim, bank.eviction, bank.next_inserted_order]
     for e in bank.slots:
         if e is None:
             out.append(None)
@@ -155,11 +156,11 @@ def _reseal(root: Path, edit_manifest=None, edit_tensors=None) -> None:
     for e in manifest["entries"]:
         prefix = f"slot{e['slot']}/"
         named = {k[len(prefix):]: t for k, t in tensors.items() if k.startswith(prefix)}
-        e["sha256"] = _entry_sha256(named)
-    manifest["safetensors_sha256"] = _file_sha256(root / "bank.safetensors")
+        e["sha256"] = entry_sha256(named)
+    manifest["safetensors_sha256"] = sha256_file(root / "bank.safetensors")
     if edit_manifest is not None:
         edit_manifest(manifest)
-    manifest["manifest_sha256"] = _manifest_sha256(manifest)
+    manifest["manifest_sha256"] = manifest_sha256(manifest)
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1))
 
 
@@ -283,6 +284,7 @@ def _flip_every_byte(saved: Path, name: str, stride: int = 1) -> tuple[int, int]
     return tried, rejected
 
 
+@pytest.mark.slow
 def test_every_single_byte_flip_is_detected(saved: Path):
     tried, rejected = _flip_every_byte(saved, "manifest.json")
     assert tried > 1000 and rejected >= tried - 300  # only whitespace-to-whitespace may pass

@@ -1,33 +1,26 @@
-"""``nsr-gym regret`` and ``nsr-gym fit``: smoke runs with tiny budgets.
-
-One subprocess run checks the real entry point; the resume, the fit and the bad inputs run
-in-process (``nsr_gym.cli.main``) to keep the file fast on 2 cores.
-"""
+"""``nsr-gym regret`` and ``nsr-gym fit``: smoke runs with tiny budgets, in process
+(``nsr_gym.cli.main``; ``tests/test_cli.py`` runs the console script itself)."""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import gymnasium as gym
 import pandas as pd
+import pytest
 
 import nsr_gym  # noqa: F401 - registers the envs
 from nsr_gym.cli import main
 
 
-def nsr_gym_cli(*args: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nsr_gym.cli", *args], capture_output=True,
-                          text=True, check=check, timeout=300)
-
-
-def test_regret_quick_writes_verdicts_resumes_and_fits(tmp_path):
+@pytest.mark.slow
+def test_regret_quick_writes_verdicts_resumes_and_fits(tmp_path, monkeypatch, capsys):
     out = tmp_path / "regret"
     args = ["regret", "--quick", "--seeds", "4", "--resamples", "200", "--steps-log",
             "--no-progress", "--out", str(out)]
-    first = nsr_gym_cli(*args)
-    assert "Theorem 1 on the analytic backend" in first.stdout
+    monkeypatch.setattr("sys.argv", ["nsr-gym", *args])  # the command the manifest records
+    assert main(args) == 0
+    assert "Theorem 1 on the analytic backend" in capsys.readouterr().out
     for name in ("verdicts.json", "summary.md", "regret.png", "manifest.json", "seeds.csv",
                  "phases.csv.gz", "steps.csv.gz", "policy_bank.csv", "policy_always-fresh.csv"):
         assert (out / name).exists(), name
@@ -45,6 +38,8 @@ def test_regret_quick_writes_verdicts_resumes_and_fits(tmp_path):
     assert main(args) == 0
     again = json.loads((out / "verdicts.json").read_text())
     assert again["policies"] == verdicts["policies"]
+    units = json.loads((out / "manifest.json").read_text())["units"]
+    assert units["resumed"] == 6 * 4 and units["computed"] == 0
 
     fit_out = tmp_path / "fit"
     assert main(["fit", "--from", str(out), "--out", str(fit_out), "--seeds", "3",
@@ -70,9 +65,9 @@ def test_regret_rejects_bad_input(tmp_path, capsys):
 def test_phase_record_matches_metrics_phase_table():
     import numpy as np
 
-    from agents import RandomSlot, rollout
     from nsr_gym import metrics
-    from nsr_gym.cli.regret import phase_record
+    from nsr_gym.agents import RandomSlot, rollout
+    from nsr_gym.studies.regret import phase_record
 
     env = gym.make("nsr_gym/CyclicSplitDigits-v0", backend="analytic", phase_length=7, n_cycles=3,
                    learner={"eval_samples": 50})
@@ -86,3 +81,16 @@ def test_phase_record_matches_metrics_phase_table():
     np.testing.assert_array_equal(rec[[f"acc_{s}" for s in range(1, 8)]].to_numpy().ravel(),
                                   log["accuracy"].to_numpy())
     env.close()
+
+
+def test_regret_recomputes_units_kept_without_the_curves_it_needs(tmp_path, capsys):
+    out = tmp_path / "regret"
+    args = ["regret", "--quick", "--seeds", "2", "--resamples", "50", "--no-progress",
+            "--out", str(out)]
+    assert main(args) == 0
+    assert main([*args, "--steps-log"]) == 0  # every agent's curves now: narrow units rerun
+    units = json.loads((out / "manifest.json").read_text())["units"]
+    assert units["resumed"] == 2 and units["computed"] == 5 * 2  # always-fresh kept its curves
+    assert capsys.readouterr().err.count("is not a complete unit log (other columns)") == 10
+    steps = pd.read_csv(out / "steps.csv.gz")
+    assert steps["accuracy"].notna().all() and steps["agent"].nunique() == 6

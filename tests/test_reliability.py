@@ -164,7 +164,7 @@ def test_nan_loss_skips_updates_and_never_reaches_the_bank():
     assert infos[-1]["phase_end"] == 1 and infos[-1]["reserve_skipped"] == 1
     assert len(env.bank) == 1 and _bank_is_finite(env.bank)  # the NaN subspace was not stored
     # NaN LoRA factors (compress_lora refuses them) are skipped the same way.
-    for a, b, _ in env.learner._lora:
+    for _a, b, _ in env.learner._lora:
         with torch.no_grad():
             b.fill_(float("inf"))
     infos = [env.step(KEEP)[-1] for _ in range(3)]

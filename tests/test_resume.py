@@ -21,6 +21,9 @@ import pytest
 
 from nsr_gym.cli import main as cli_main
 
+#: Torch runs in three processes, two of them interrupted: ~20 s on 2 cores.
+pytestmark = pytest.mark.slow
+
 # Units long enough (600 steps each) that the watcher's signal lands while later units still run,
 # however fast the torch path gets.
 ARGS = ["run", "--backend", "torch", "--cycles", "4", "--agents", "oracle,keep-current",

@@ -1,4 +1,5 @@
-"""Long-horizon streams, the LongHorizon benchmarks and the scaling study's measurements."""
+"""Long-horizon streams, the LongHorizon benchmarks and the scaling study's measurements
+(nsr_gym/studies/scaling.py, scaling_diskbank.py, scaling_study.py)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ import pandas as pd
 import pytest
 
 import nsr_gym
-from nsr_gym import scaling
 from nsr_gym.executors import Unit
 from nsr_gym.streams import SCHEDULES, make_stream, parse_recurrence, recurrence_weights
+from nsr_gym.studies import scaling, scaling_diskbank
 
 
 @pytest.mark.parametrize("kind", ["zipf", "zipf:1.5", "zipf:0", "geometric", "geometric:0.5"])
@@ -74,14 +75,14 @@ def test_permuted_digit_keys_follow_the_torch_learners_recipe():
     from nsr_gym.learners import TorchLearner
 
     learner = TorchLearner(permuted_digits(3))
-    full = scaling.permuted_digit_keys(3, probe_size=1258, n_probes=1, centre_tasks=3)[0]
+    full = scaling_diskbank.permuted_digit_keys(3, probe_size=1258, n_probes=1, centre_tasks=3)[0]
     ref = np.stack([f.mean(0).numpy() for f in learner._features])  # the full-batch embedding
     np.testing.assert_allclose(full, ref, atol=1e-5)
     learner.close()
 
 
 def test_env_unit_reports_recall_events():
-    from agents import RULE_AGENTS
+    from nsr_gym.agents import RULE_AGENTS
 
     unit = Unit("similarity", 0, {"env_id": "nsr_gym/LongHorizonPermutedDigits-v0",
                                   "tags": {"n_tasks": 15},
@@ -95,8 +96,9 @@ def test_env_unit_reports_recall_events():
 
 def test_measure_diskbank_small(tmp_path):
     keys = np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32)
-    res = scaling.measure_diskbank(tmp_path / "b", 300, {"w": (16, 8), "b": (3,)}, keys=keys,
-                                   queries=keys, shard_size=64, n_loads=50, n_queries=100)
+    res = scaling_diskbank.measure_diskbank(tmp_path / "b", 300, {"w": (16, 8), "b": (3,)},
+                                            keys=keys, queries=keys, shard_size=64, n_loads=50,
+                                            n_queries=100)
     assert res["precision_at_1"] == 1.0 and res["entry_bytes"] == 4 * (128 + 3)
     assert res["index_bytes_in_memory"] < res["disk_bytes"]
     assert res["load_warm_p50_ms"] > 0 and not (tmp_path / "b").exists()

@@ -5,10 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from theory.estimate import fit_exponential, forgetting_ratio, paired_delta_switch, truncation_gap
-from theory.model import ExpCurve
-from theory.simulate import trace_cyclic
-from theory.theorem1 import CyclicSetting, delta_switch
+from nsr_gym.theory.estimate import (
+    fit_exponential,
+    forgetting_ratio,
+    paired_delta_switch,
+    truncation_gap,
+)
+from nsr_gym.theory.model import ExpCurve
+from nsr_gym.theory.simulate import trace_cyclic
+from nsr_gym.theory.theorem1 import CyclicSetting, delta_switch
 
 
 @pytest.mark.parametrize("kappa", [1.0, 0.7])

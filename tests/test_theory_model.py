@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from theory.model import (
+from nsr_gym.theory.model import (
     ExpCurve,
     bank_experience,
     phase_deficit,
@@ -104,3 +104,9 @@ def test_recovery_time_censored_at_L() -> None:
     assert (r, censored) == (3, True)
     assert recovery_time([0.95, 0.96], a_pre=0.9, eps=0.0) == (0, False)
     assert recovery_time([0.5, 0.89, 0.95], a_pre=0.9, eps=0.01) == (1, False)
+
+
+def test_recovery_time_is_the_metrics_definition() -> None:
+    from nsr_gym import metrics
+
+    assert recovery_time is metrics.recovery_time

@@ -5,11 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import theory.theorem1 as t1
-from theory.capacity import hits_per_cycle, simulate_hits
-from theory.model import ExpCurve, bank_experience
-from theory.simulate import KEEP, StepContext, load, simulated_regret_per_cycle, trace_cyclic
-from theory.theorem1 import (
+import nsr_gym.theory.theorem1 as t1
+from nsr_gym.theory.capacity import hits_per_cycle, simulate_hits
+from nsr_gym.theory.model import ExpCurve, bank_experience
+from nsr_gym.theory.simulate import (
+    KEEP,
+    StepContext,
+    load,
+    simulated_regret_per_cycle,
+    trace_cyclic,
+)
+from nsr_gym.theory.theorem1 import (
     CyclicSetting,
     bank_regret_bound_kappa1,
     bank_regret_slope,
@@ -46,6 +52,7 @@ def make(
 SETTINGS = [make(*g) for g in GRID]
 COMPLETE = [s for s in SETTINGS if s.gamma == 0.0]
 IDS = [f"M{g[0]}-L{g[1]}-C{g[2]}-tau{g[3]}-lam{g[4]}-k{g[5]}-g{g[6]}" for g in GRID]
+COMPLETE_IDS = [i for i, g in zip(IDS, GRID, strict=True) if g[6] == 0.0]
 
 
 def theory_md_form(s: CyclicSetting, policy: str) -> float:
@@ -71,7 +78,7 @@ def test_simulated_regret_equals_closed_form(setting: CyclicSetting, policy: str
 
 
 @pytest.mark.parametrize("policy", ["bank", "always_fresh", "keep_current", "fixed_slot"])
-@pytest.mark.parametrize("setting", COMPLETE, ids=[i for i, g in zip(IDS, GRID) if g[6] == 0.0])
+@pytest.mark.parametrize("setting", COMPLETE, ids=COMPLETE_IDS)
 def test_theory_md_tight_formulas_are_exact_under_complete_forgetting(
     setting: CyclicSetting, policy: str
 ) -> None:
@@ -107,7 +114,7 @@ def test_random_slot_expectation_matches_monte_carlo() -> None:
 # --------------------------------------------------------------------------- bounds
 
 
-@pytest.mark.parametrize("setting", COMPLETE, ids=[i for i, g in zip(IDS, GRID) if g[6] == 0.0])
+@pytest.mark.parametrize("setting", COMPLETE, ids=COMPLETE_IDS)
 def test_lower_bounds_hold_for_memoryless_policies(setting: CyclicSetting) -> None:
     m1, m0 = lower_bound_m1(setting), lower_bound_m0(setting)
     assert m1.simplified <= m1.exact + 1e-12 and m0.simplified <= m0.exact + 1e-12
@@ -117,7 +124,7 @@ def test_lower_bounds_hold_for_memoryless_policies(setting: CyclicSetting) -> No
         assert np.sum(regret_per_cycle(setting, policy)) >= m0.exact - 1e-9
 
 
-@pytest.mark.parametrize("setting", COMPLETE, ids=[i for i, g in zip(IDS, GRID) if g[6] == 0.0])
+@pytest.mark.parametrize("setting", COMPLETE, ids=COMPLETE_IDS)
 def test_tight_cases_sit_at_ratio_one(setting: CyclicSetting) -> None:
     ratio_m0 = regret_keep_current(setting) / lower_bound_m0(setting).exact
     assert ratio_m0 == pytest.approx(1.0, abs=1e-12)

@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 
-from theory.estimate import paired_delta_switch
-from theory.model import ExpCurve
-from theory.simulate import trace_cyclic
-from theory.theorem1 import CyclicSetting
-from theory.verify import (
+from nsr_gym.theory.estimate import paired_delta_switch
+from nsr_gym.theory.model import ExpCurve
+from nsr_gym.theory.simulate import trace_cyclic
+from nsr_gym.theory.theorem1 import CyclicSetting
+from nsr_gym.theory.verify import (
     bootstrap_slope_ratio,
     cum_regret_by_cycle,
     one_sided_verdict,

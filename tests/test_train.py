@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import nsr_gym  # noqa: F401 - registers the envs
-from agents import make_agent, rollout
-from agents.sb3_policy import flatten_obs, load_sb3_policy, masks_from_obs
-from agents.train import TrainConfig, load_hyperparams, make_env, obs_layout, train
+from nsr_gym.agents import make_agent, rollout
+from nsr_gym.agents.sb3_policy import flatten_obs, load_sb3_policy, masks_from_obs
+from nsr_gym.agents.train import TrainConfig, load_hyperparams, make_env, obs_layout, train
 
 SHORT = dict(phase_length=4, n_cycles=2)
 #: A few hundred steps, small rollouts, few epochs: a smoke run, not a learning run.
@@ -119,6 +119,7 @@ def test_action_masks_reach_through_the_wrappers():
     venv.close()
 
 
+@pytest.mark.slow
 def test_subproc_vec_env_with_spawned_workers(tmp_path):
     """Two ``spawn`` workers import nsr_gym from the env id and answer ``action_masks``."""
     result = train(
@@ -150,3 +151,11 @@ def test_make_agent_rejects_what_it_cannot_build(tmp_path):
         make_agent("dqn:somewhere")
     with pytest.raises(ValueError, match="not found"):
         make_agent(f"ppo:{tmp_path / 'missing'}")
+
+
+def test_make_agent_passes_settings_to_rule_agents(tmp_path):
+    assert make_agent("oracle", first_visit="keep").first_visit == "keep"
+    assert make_agent("similarity", threshold=0.7).threshold == 0.7
+    assert make_agent("fixed-slot", slot=2).name == "fixed-slot-2"
+    with pytest.raises(ValueError, match="takes no settings"):
+        make_agent(f"ppo:{tmp_path / 'missing'}", threshold=0.7)

@@ -21,7 +21,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import curve_fit
 
-from theory.model import ExpCurve
+from nsr_gym.theory.model import ExpCurve
 
 __all__ = [
     "ExpFit",
@@ -171,7 +171,7 @@ def truncation_gap(acc_full: ArrayLike, acc_compressed: ArrayLike) -> float | np
     In the model a stored entry keeps ``kappa h``; the accuracy loss at recall is then
     ``D e^{-h/tau} (e^{(1-kappa) h / tau} - 1)``. A recall that starts ``eps`` lower costs
     ``eps q (1 - q^L) / (1 - q)`` extra if the gap heals like a deficit and up to ``L eps`` if
-    it persists through the phase (THEORY.md's range).
+    it persists through the phase (theory/THEORY.md's range).
     """
     out = np.asarray(acc_full, dtype=np.float64) - np.asarray(acc_compressed, dtype=np.float64)
     return float(out) if out.ndim == 0 else out

@@ -42,8 +42,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy.optimize import least_squares
 
-from theory.estimate import ExpFit, fit_exponential
-from theory.model import ExpCurve, bank_experience, phase_deficit
+from nsr_gym.theory.estimate import ExpFit, fit_exponential
+from nsr_gym.theory.model import ExpCurve, bank_experience, phase_deficit
 
 __all__ = [
     "AnalyticFit",
@@ -63,7 +63,11 @@ __all__ = [
 
 
 def _summary_basis(tau: float, L: int) -> np.ndarray:
-    """``D``-coefficients of (first, mean, last) accuracy of a fresh phase: ``q``, mean ``q^s``, ``q^L``."""
+    """``D``-coefficients of a fresh phase's (first, mean, last) accuracy.
+
+    Returns:
+        ``(3,)``: ``q``, the mean of ``q^s`` over ``s = 1..L``, and ``q^L``.
+    """
     q = math.exp(-1.0 / tau)
     return np.array([q, q * (1.0 - q**L) / (L * (1.0 - q)), q**L])
 
@@ -86,7 +90,8 @@ def fit_curve_from_summaries(
     """
     if L < 2:
         raise ValueError("fitting from phase summaries needs L >= 2")
-    y = np.stack([np.asarray(a, dtype=np.float64).ravel() for a in (acc_first, acc_mean, acc_end)], 1)
+    y = np.stack([np.asarray(a, dtype=np.float64).ravel()
+                  for a in (acc_first, acc_mean, acc_end)], 1)
     if y.size == 0:
         raise ValueError("no phases to fit")
     kind = np.tile(np.arange(3), y.shape[0])
@@ -177,7 +182,8 @@ def kappa_from_revisit(curve: ExpCurve, acc_first_revisit: float, L: int) -> flo
     return float(np.clip((h - 1.0) / L, 1e-3, 1.0))
 
 
-def gamma_from_keep_start(curve: ExpCurve, acc_keep_first: float, M: int, L: int) -> tuple[float, float]:
+def gamma_from_keep_start(curve: ExpCurve, acc_keep_first: float, M: int, L: int
+                          ) -> tuple[float, float]:
     """``(gamma, G)`` from keep-current's mean first-step accuracy at its second visits.
 
     In the model keep-current starts revisit 2 from ``G L`` with ``G = gamma^{(M-1) L}`` and its
@@ -190,7 +196,8 @@ def gamma_from_keep_start(curve: ExpCurve, acc_keep_first: float, M: int, L: int
     return float(gamma), G
 
 
-def keep_current_starts(gamma: float, transfer: float, M: int, L: int) -> tuple[np.ndarray, np.ndarray]:
+def keep_current_starts(gamma: float, transfer: float, M: int, L: int
+                        ) -> tuple[np.ndarray, np.ndarray]:
     """Keep-current's experience of each task at its first-visit and second-visit starts.
 
     The analytic learner's update on task ``j``: every other ``h_i <- gamma h_i + transfer``,
@@ -229,7 +236,7 @@ def forgetting_and_transfer(curve: ExpCurve, acc_keep_first_visit: float | None,
     def loss(g: np.ndarray, t: np.ndarray) -> np.ndarray:
         out = np.empty(np.broadcast(g, t).shape)
         for idx, (gi, ti) in enumerate(zip(np.ravel(np.broadcast_to(g, out.shape)),
-                                           np.ravel(np.broadcast_to(t, out.shape)))):
+                                           np.ravel(np.broadcast_to(t, out.shape)), strict=True)):
             hf, hr = keep_current_starts(float(gi), float(ti), M, L)
             e1 = float(np.mean(curve.acc(hf + 1.0))) - acc_keep_first_visit
             e2 = float(np.mean(curve.acc(hr + 1.0))) - acc_keep_revisit
@@ -303,7 +310,7 @@ class AnalyticFit:
     kappa: float
     eval_samples: int
     curve_fit: dict[str, Any]
-    """Goodness of the A1 fit: ``r2``, ``rmse``, ``n`` and the source (``steps`` or ``summaries``)."""
+    """Goodness of the A1 fit: ``r2``, ``rmse``, ``n``, the source (``steps``, ``summaries``)."""
     estimates: dict[str, Any]
     """The measured quantities the parameters came from (``eps``, ``rho``, ``G``, ...)."""
     diagnostics: dict[str, Any] = field(default_factory=dict)
@@ -365,25 +372,9 @@ def fit_analytic(
     """
     if kappa_source not in ("revisit", "truncation"):
         raise ValueError(f"kappa_source must be 'revisit' or 'truncation', got {kappa_source!r}")
-    if fresh_curves is not None:
-        acc = np.asarray(fresh_curves, dtype=np.float64)
-        steps = np.broadcast_to(np.arange(1, acc.shape[1] + 1, dtype=np.float64), acc.shape)
-        ef = cap_asymptote(fit_exponential(steps.ravel(), acc.ravel()), steps, acc)
-        source = "steps"
-        n_eval = fit_eval_samples_within(acc, np.asarray(ef.curve.acc(np.arange(1, acc.shape[1] + 1))))
-    elif fresh_summaries is not None:
-        ef = fit_curve_from_summaries(*fresh_summaries, L=L)
-        if ef.a_star > 1.0:  # refit the mean curve those summaries describe, with a* = 1
-            s_grid = np.arange(1, L + 1, dtype=np.float64)
-            ef = cap_asymptote(ef, s_grid, np.asarray(ef.curve.acc(s_grid)))
-        source = "summaries"
-        # A phase's first accuracy is one step's: its scatter is the per-step noise.
-        n_eval = fit_eval_samples(fresh_summaries[0], np.full(len(fresh_summaries[0]), float(ef.curve.acc(1.0))))
-    else:
-        raise ValueError("need fresh_curves or fresh_summaries")
+    ef, source, n_eval = _fit_fresh(fresh_curves, fresh_summaries, L)
     curve = ef.curve
     estimates: dict[str, float] = {}
-    diagnostics: dict[str, Any] = {}
     gamma, transfer = 0.0, 0.0
     if keep_first_revisit is not None:
         gamma, transfer = forgetting_and_transfer(curve, keep_first_first_visit,
@@ -395,6 +386,43 @@ def fit_analytic(
         a0 = fresh_first if fresh_first is not None else float(curve.acc(1.0))
         if curve.a_star != a0:
             estimates["rho"] = (keep_first_revisit - a0) / (curve.a_star - a0)
+    kappa = _fit_kappa(curve, L, eps, bank_first_revisit, kappa_source, estimates)
+    diagnostics = _fit_diagnostics(curve, L, M, kappa, gamma, transfer, keep_first_revisit,
+                                   keep_first_first_visit, fresh_first, bank_first_revisit)
+    return AnalyticFit(
+        a_star=ef.a_star, D=ef.D, tau=ef.tau, gamma=gamma, kappa=kappa, eval_samples=n_eval,
+        transfer=transfer,
+        curve_fit={"r2": ef.r2, "rmse": ef.rmse, "n": ef.n, "source": source},
+        estimates=estimates, diagnostics=diagnostics,
+    )
+
+
+def _fit_fresh(fresh_curves: np.ndarray | None, fresh_summaries: Sequence[ArrayLike] | None,
+               L: int) -> tuple[ExpFit, str, int]:
+    """A1 from fresh phases: ``(fit, source, eval_samples)``; per-step curves when logged, else
+    the per-phase summaries (see :func:`fit_analytic`)."""
+    if fresh_curves is not None:
+        acc = np.asarray(fresh_curves, dtype=np.float64)
+        steps = np.broadcast_to(np.arange(1, acc.shape[1] + 1, dtype=np.float64), acc.shape)
+        ef = cap_asymptote(fit_exponential(steps.ravel(), acc.ravel()), steps, acc)
+        fitted = np.asarray(ef.curve.acc(np.arange(1, acc.shape[1] + 1)))
+        return ef, "steps", fit_eval_samples_within(acc, fitted)
+    if fresh_summaries is not None:
+        ef = fit_curve_from_summaries(*fresh_summaries, L=L)
+        if ef.a_star > 1.0:  # refit the mean curve those summaries describe, with a* = 1
+            s_grid = np.arange(1, L + 1, dtype=np.float64)
+            ef = cap_asymptote(ef, s_grid, np.asarray(ef.curve.acc(s_grid)))
+        # A phase's first accuracy is one step's: its scatter is the per-step noise.
+        first = fresh_summaries[0]
+        n_eval = fit_eval_samples(first, np.full(len(first), float(ef.curve.acc(1.0))))
+        return ef, "summaries", n_eval
+    raise ValueError("need fresh_curves or fresh_summaries")
+
+
+def _fit_kappa(curve: ExpCurve, L: int, eps: float | None, bank_first_revisit: float | None,
+               kappa_source: str, estimates: dict[str, Any]) -> float:
+    """A3's ``kappa`` from the source asked for (else the other one, else 1); records both
+    readings and the one used in ``estimates`` (in place, after the A2 entries)."""
     kappas: dict[str, float] = {}
     if eps is not None:
         kappas["truncation"] = kappa_from_truncation_gap(curve, eps, float(L))
@@ -405,9 +433,19 @@ def fit_analytic(
     kappa = kappas.get(kappa_source, kappas.get("truncation", kappas.get("revisit", 1.0)))
     estimates.update({f"kappa_from_{k}": v for k, v in kappas.items()})
     estimates["kappa_used"] = kappa_source if kappa_source in kappas else next(iter(kappas), "none")
+    return kappa
+
+
+def _fit_diagnostics(curve: ExpCurve, L: int, M: int, kappa: float, gamma: float,
+                     transfer: float, keep_first_revisit: float | None,
+                     keep_first_first_visit: float | None, fresh_first: float | None,
+                     bank_first_revisit: float | None) -> dict[str, Any]:
+    """What the fitted model misses: logged first-step accuracies against the model's."""
+    diagnostics: dict[str, Any] = {}
     if bank_first_revisit is not None:
         diagnostics["bank_first_revisit_model"] = float(curve.acc(kappa * L + 1.0))
-        diagnostics["bank_first_revisit_gap"] = bank_first_revisit - float(curve.acc(kappa * L + 1.0))
+        diagnostics["bank_first_revisit_gap"] = (bank_first_revisit
+                                                 - float(curve.acc(kappa * L + 1.0)))
     if keep_first_first_visit is not None:
         # Without transfer the model gives a task never trained g(1) whatever the adapter.
         diagnostics["keep_first_visit_advantage"] = keep_first_first_visit - float(curve.acc(1.0))
@@ -417,9 +455,4 @@ def fit_analytic(
             diagnostics["keep_revisit_model"] = float(np.mean(curve.acc(hr + 1.0)))
     if fresh_first is not None:
         diagnostics["fresh_first_minus_model"] = fresh_first - float(curve.acc(1.0))
-    return AnalyticFit(
-        a_star=ef.a_star, D=ef.D, tau=ef.tau, gamma=gamma, kappa=kappa, eval_samples=n_eval,
-        transfer=transfer,
-        curve_fit={"r2": ef.r2, "rmse": ef.rmse, "n": ef.n, "source": source},
-        estimates=estimates, diagnostics=diagnostics,
-    )
+    return diagnostics

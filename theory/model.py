@@ -1,6 +1,6 @@
 """The learner model behind Theorem 1: exponential experience curves and what follows from them.
 
-Assumptions (THEORY.md, A1-A3), in the form every other module of ``theory`` uses:
+Assumptions (theory/THEORY.md, A1-A3), in the form every other module of ``theory`` uses:
 
 * **A1, experience curves.** The active adapter carries an experience ``h_m >= 0`` per task and
   its accuracy on task ``m`` is ``g(h_m)`` with ``g`` nondecreasing. The exponential instance is
@@ -15,7 +15,9 @@ Assumptions (THEORY.md, A1-A3), in the form every other module of ``theory`` use
 Accuracy is measured *after* the step's update, so the ``s``-th step of a phase that starts
 from experience ``H`` scores ``g(H + s)``, ``s = 1..L``. Everything below uses that convention.
 
-The module is pure numpy: no env, no agent, no torch.
+Pure numpy: no env, no agent, no torch. ``recovery_time`` (model-free, on a logged curve) is
+:func:`nsr_gym.metrics.recovery_time`, re-exported: the step-log metrics and the theory count
+recovery with one definition.
 """
 
 from __future__ import annotations
@@ -25,6 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
+
+# The model-free recovery time is the metrics module's: one definition for logs and theory.
+from nsr_gym.metrics import recovery_time
 
 __all__ = [
     "ExpCurve",
@@ -67,7 +72,7 @@ class ExpCurve:
     def area(self) -> float:
         """Area between the curve and its asymptote, ``sum_{s>=1} D q^s = D q / (1 - q)``.
 
-        This is ``Phi(0)`` for ``L -> infinity``, the "about ``D tau``" of THEORY.md
+        This is ``Phi(0)`` for ``L -> infinity``, the "about ``D tau``" of theory/THEORY.md
         (``D q / (1 - q) = D / (e^{1/tau} - 1)``, which is ``D (tau - 1/2) + O(1/tau)``).
         """
         q = self.q
@@ -133,21 +138,22 @@ def bank_experience(c: int, L: int, kappa: float) -> float:
 
 
 def recovery_time_fresh(D: float, tau: float, L: int, eps: float, w: int = 1) -> int:
-    """Recovery time of a phase that starts fresh, in closed form (THEORY.md).
+    """Recovery time of a phase that starts fresh, in closed form (theory/THEORY.md).
 
         ``R = max(1, ceil(tau ln(D / (D exp(-L/tau) + eps)))) - 1``.
 
-    **Which ``a_pre`` makes it exact** (worked out, not stated in THEORY.md): the pre-switch
+    **Which ``a_pre`` makes it exact** (worked out, not stated in theory/THEORY.md): the pre-switch
     accuracy of a previous phase that also started fresh and ran ``L`` steps, measured over its
     last ``w = 1`` step: ``a_pre = g(L) = a* - D exp(-L / tau)``. Then ``acc_s = g(s) >= a_pre -
     eps`` iff ``D e^{-s/tau} <= D e^{-L/tau} + eps`` iff ``s >= tau ln(D / (D e^{-L/tau} + eps))``,
     and ``R = min s - 1``. It does not depend on ``a*``. The right-hand side is ``< L`` for
     ``eps > 0``, so the fresh recovery is never censored.
 
-    For ``w > 1`` (``a_pre`` = mean of the last ``w`` steps, THEORY.md's general definition) the
-    same argument holds with ``exp(-L/tau)`` replaced by ``mean_{s=L-w+1..L} exp(-s/tau)``; that
-    is what ``w`` does here. ``w = 1`` is THEORY.md's formula and reproduces its example
-    ``D = 0.75, tau = 6, L = 40 -> 25, 21, 16`` for ``eps = 0.01, 0.02, 0.05``.
+    For ``w > 1`` (``a_pre`` = mean of the last ``w`` steps, theory/THEORY.md's general
+    definition) the same argument holds with ``exp(-L/tau)`` replaced by
+    ``mean_{s=L-w+1..L} exp(-s/tau)``; that is what ``w`` does here. ``w = 1`` is
+    theory/THEORY.md's formula and reproduces its example ``D = 0.75, tau = 6, L = 40 -> 25, 21,
+    16`` for ``eps = 0.01, 0.02, 0.05``.
 
     Args:
         D: Initial deficit.
@@ -171,30 +177,6 @@ def recovery_time_fresh(D: float, tau: float, L: int, eps: float, w: int = 1) ->
     # Clip to L: with eps = 0 and w = 1, x equals L up to rounding, and ceil must not overshoot.
     first = min(max(1, math.ceil(x - 1e-12)), L)
     return first - 1
-
-
-def recovery_time(acc_curve: ArrayLike, a_pre: float, eps: float) -> tuple[int, bool]:
-    """Model-free recovery time ``R_eps = min{s in 1..L : acc_s >= a_pre - eps} - 1``.
-
-    Args:
-        acc_curve: Accuracies of the revisit phase, ``acc_1..acc_L`` (after each step's update).
-        a_pre: Pre-switch accuracy, the mean of the last ``w`` steps of the task's previous phase
-            (see ``pre_switch_accuracy``).
-        eps: Tolerance.
-
-    Returns:
-        ``(R, censored)``. ``R = 0`` means immediate recovery. When no step reaches
-        ``a_pre - eps`` the time is censored at ``L`` and ``censored`` is True: report the
-        censoring rate alongside any mean.
-    """
-    acc = np.asarray(acc_curve, dtype=np.float64).ravel()
-    L = acc.size
-    if L == 0:
-        raise ValueError("acc_curve is empty")
-    ok = np.flatnonzero(acc >= a_pre - eps)
-    if ok.size == 0:
-        return L, True
-    return int(ok[0]), False  # index 0 is s = 1, so the index is already s - 1
 
 
 def pre_switch_accuracy(prev_phase_acc: ArrayLike, w: int = 1) -> float:

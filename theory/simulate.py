@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from theory.theorem1 import CyclicSetting
+    from nsr_gym.theory.theorem1 import CyclicSetting
 
 __all__ = [
     "FRESH",
@@ -113,7 +113,7 @@ def _bank_oracle(ctx: StepContext) -> int:
 
 
 def _always_fresh(ctx: StepContext) -> int:
-    # In the very first phase h is already 0; FRESH there would only pay lam. THEORY.md's
+    # In the very first phase h is already 0; FRESH there would only pay lam. theory/THEORY.md's
     # lam (M - 1) for cycle 1 confirms this convention.
     return FRESH if ctx.step == 0 and ctx.phase > 0 else KEEP
 

@@ -1,6 +1,6 @@
 """Theorem 1 (memoryless policies pay ``Delta_switch`` per missed revisit) and Theorem 2, exactly.
 
-## Setting (THEORY.md)
+## Setting (theory/THEORY.md)
 ``M >= 2`` tasks in a fixed cycle, phase length ``L``, ``C`` cycles; phase ``p`` serves task
 ``m_p = p mod M``, in cycle ``c = p // M + 1``. Cycle 1 holds the first visits, cycles ``2..C`` the
 revisits. Env semantics, one step: apply the action (KEEP; FRESH: ``h = 0``; LOAD_k: ``h`` = slot
@@ -24,9 +24,9 @@ its reward over the episode is ``M C L a* - M sum_c Phi(H_c) - lam M (C - 1)``, 
   per cycle miss their entry and pay ``Delta_switch - lam``.
 * ``Delta_switch`` is read as the extra deficit of one revisit that cannot restore its entry,
   ``Delta_c = Phi(0) - Phi(H_c)``; its minimum ``Delta_2 = Phi(0) - Phi(kappa L)`` is
-  THEORY.md's ``Phi(h_bar) - Phi(kappa (h_bar + L))`` at ``h_bar = 0``. With a compressing bank
-  (``kappa < 1``) it grows with ``c`` toward ``delta_switch_asymptotic``; the exact bounds use
-  the per-cycle values, the simplified ones ``Delta_2``.
+  theory/THEORY.md's ``Phi(h_bar) - Phi(kappa (h_bar + L))`` at ``h_bar = 0``. With a
+  compressing bank (``kappa < 1``) it grows with ``c`` toward ``delta_switch_asymptotic``; the
+  exact bounds use the per-cycle values, the simplified ones ``Delta_2``.
 
 ## Theorem 1' (A1-A3, complete forgetting ``gamma = 0``, ``K >= M``, ``Delta >= lam``)
 With ``x_c = Delta_c - lam`` (tasks share one curve, so ``Delta_{m,c} = Delta_c``):
@@ -54,17 +54,18 @@ falls back to ``M x_min`` per cycle.
 Derived from the semantics above and checked to 1e-9 by ``theory.simulate``:
 
 * always-fresh (FRESH at every phase start except the very first, where ``h`` is already 0;
-  that choice is what gives THEORY.md's ``lam (M - 1)``): ``M S + lam (M - 1)``.
+  that choice is what gives theory/THEORY.md's ``lam (M - 1)``): ``M S + lam (M - 1)``.
 * keep-current: ``M S - lam (C - 1) M``, equal to the M0 bound.
 * fixed-slot (LOAD slot 0 at every phase start once it is occupied): ``(M - 1) S + lam (M - 1)``;
   equal to the M1 bound at ``lam = 0``. Task 0 follows B's trajectory exactly (its entry is only
   ever rewritten by task 0), which is why this holds for every ``kappa`` and every ``gamma``.
 * Bank: 0.
 
-These match THEORY.md for every ``kappa`` (no correction needed). For ``gamma > 0`` always-fresh,
-fixed-slot and B are unchanged; keep-current then starts revisit ``c`` from ``G x_{c-1}``,
-``G = gamma^{(M-1) L}``, ``x_1 = L``, ``x_c = G x_{c-1} + L``, and ``regret_keep_current``
-implements that exact recursion (THEORY.md's formula is its ``gamma = 0`` case).
+These match theory/THEORY.md for every ``kappa`` (no correction needed). For ``gamma > 0``
+always-fresh, fixed-slot and B are unchanged; keep-current then starts revisit ``c`` from
+``G x_{c-1}``, ``G = gamma^{(M-1) L}``, ``x_1 = L``, ``x_c = G x_{c-1} + L``, and
+``regret_keep_current`` implements that exact recursion (theory/THEORY.md's formula is its
+``gamma = 0`` case).
 
 ## What breaks it
 * ``lam >= Delta``: the bounds turn negative and keep-current beats the Bank; the honest
@@ -82,8 +83,8 @@ implements that exact recursion (THEORY.md's formula is its ``gamma = 0`` case).
 Against a prescient comparator at ``a*`` every step, B's *accuracy* regret is
 ``sum_m sum_c Phi(H_c)``; for ``kappa = 1``, ``Phi(H_c) = Phi(0) q^{(c-1)L}`` and the sum is at
 most ``M Phi(0) / (1 - q^L)`` whatever ``C``; for ``kappa < 1`` it grows by ``M Phi(kappa L /
-(1 - kappa))`` per cycle. B's switching cost ``lam M (C - 1)`` is *not* in THEORY.md's formula;
-``bank_regret_vs_prescient(include_switch_cost=True)`` adds it.
+(1 - kappa))`` per cycle. B's switching cost ``lam M (C - 1)`` is *not* in theory/THEORY.md's
+formula; ``bank_regret_vs_prescient(include_switch_cost=True)`` adds it.
 """
 
 from __future__ import annotations
@@ -93,9 +94,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from theory.capacity import hits_per_cycle, simulate_hits
-from theory.model import ExpCurve, bank_experience, phase_deficit
-from theory.simulate import simulate_cyclic, simulated_regret_per_cycle, trace_cyclic
+from nsr_gym.theory.capacity import hits_per_cycle, simulate_hits
+from nsr_gym.theory.model import ExpCurve, bank_experience, phase_deficit
+from nsr_gym.theory.simulate import simulate_cyclic, simulated_regret_per_cycle, trace_cyclic
 
 __all__ = [
     "CLOSED_FORM_POLICIES",
@@ -202,20 +203,21 @@ def delta_switch(setting: CyclicSetting, c: int, h_bar: float = 0.0) -> float:
     Args:
         setting: The cyclic setting.
         c: Cycle, 1-based (``c = 1`` gives ``Phi(h_bar) - Phi(0)``, 0 under complete forgetting).
-        h_bar: The A2 forgetting bound; 0 is complete forgetting (THEORY.md's case).
+        h_bar: The A2 forgetting bound; 0 is complete forgetting (theory/THEORY.md's case).
     """
     H_c = bank_experience(c, setting.L, setting.kappa)
     return float(setting.phi(h_bar) - setting.phi(H_c))
 
 
 def delta_switch_min(setting: CyclicSetting, h_bar: float = 0.0) -> float:
-    """``Delta_min = min_{c>=2} Delta_c = Phi(h_bar) - Phi(kappa L)``, THEORY.md's ``Delta_switch``.
+    """``Delta_min = min_{c>=2} Delta_c = Phi(h_bar) - Phi(kappa L)``, the ``Delta_switch``.
 
-    ``H_c`` is nondecreasing in ``c``, so ``Delta_c`` is too and the minimum over revisits is at
-    ``c = 2``. THEORY.md writes ``Phi(h_bar) - Phi(kappa (h_bar + L))``; the two agree at
-    ``h_bar = 0``, the only case the theorem covers. For ``h_bar > 0`` this function follows B's
-    actual trajectory, whose first visit starts from 0 whatever the forgetting (a task never
-    trained has no experience to forget), so it stores ``kappa L``, not ``kappa (h_bar + L)``.
+    This is the ``Delta_switch`` of theory/THEORY.md. ``H_c`` is nondecreasing in ``c``, so
+    ``Delta_c`` is too and the minimum over revisits is at ``c = 2``. theory/THEORY.md writes
+    ``Phi(h_bar) - Phi(kappa (h_bar + L))``; the two agree at ``h_bar = 0``, the only case the
+    theorem covers. For ``h_bar > 0`` this function follows B's actual trajectory, whose first
+    visit starts from 0 whatever the forgetting (a task never trained has no experience to
+    forget), so it stores ``kappa L``, not ``kappa (h_bar + L)``.
     """
     return delta_switch(setting, 2, h_bar)
 
@@ -288,7 +290,7 @@ def bank_regret_vs_prescient(setting: CyclicSetting, include_switch_cost: bool =
 
     Args:
         setting: The cyclic setting (any ``gamma``: B's trajectory does not depend on it).
-        include_switch_cost: Add B's ``lam M (C - 1)`` LOAD costs, which THEORY.md's accuracy
+        include_switch_cost: Add B's ``lam M (C - 1)`` LOAD costs, which theory/THEORY.md's accuracy
             form leaves out (a prescient comparator is taken to switch for free).
     """
     total = float(setting.M * np.sum(setting.phi(bank_experiences(setting))))

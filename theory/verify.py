@@ -1,6 +1,6 @@
 """Checking a measured regret against Theorem 1's slope, with a seed bootstrap and a one-sided test.
 
-Protocol (THEORY.md, "Verifying"):
+Protocol (theory/THEORY.md, "Verifying"):
 
 1. Per seed, the cumulative regret against B at the end of each cycle, ``(n_seeds, C)``
    (``cum_regret_by_cycle`` builds it from per-step rewards).
@@ -121,7 +121,7 @@ def bootstrap_slope_ratio(
         lam: Switching cost.
         policy_class: ``"M1"`` (bound slope ``(M - 1)(Delta - lam)``) or ``"M0"``
             (``M (Delta - lam)``).
-        n_resamples: Bootstrap resamples (THEORY.md asks for at least 2000).
+        n_resamples: Bootstrap resamples (theory/THEORY.md asks for at least 2000).
         rng: Generator or seed.
         level: Two-sided confidence level of the percentile interval.
 

@@ -10,12 +10,15 @@ import argparse
 import importlib
 
 #: Command modules, in the order ``nsr-gym --help`` lists them.
-COMMAND_MODULES = ("run", "lora_check", "regret", "fit", "train", "study", "study_scaling", "study_distillation", "study_novelty", "leaderboard", "budget", "perf")
+COMMAND_MODULES = ("run", "lora_check", "regret", "fit", "train", "study", "study_scaling",
+                   "study_distillation", "study_novelty", "leaderboard", "budget", "perf",
+                   "pretrain")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="nsr-gym", description="Gymnasium environments for continual learning as memory management.")
+        prog="nsr-gym",
+        description="Gymnasium environments for continual learning as memory management.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         importlib.import_module(f"nsr_gym.cli.{name}").add_parsers(sub)

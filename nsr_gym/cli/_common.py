@@ -1,26 +1,10 @@
-"""Helpers shared by the CLI commands."""
+"""Argument parsing shared by the CLI commands: seeds, executor and study options."""
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 from pathlib import Path
-
-import pandas as pd
-
-
-def markdown_table(frame: pd.DataFrame, floatfmt: str = ".3f") -> str:
-    """A GitHub markdown table (no extra dependency)."""
-    def fmt(v: object) -> str:
-        if isinstance(v, float):
-            return "nan" if v != v else format(v, floatfmt)
-        return str(v)
-
-    cols = list(frame.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in frame.itertuples(index=False)]
-    return "\n".join(lines)
+from typing import Any
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -30,15 +14,19 @@ def parse_seeds(text: str) -> list[int]:
             return [int(s) for s in text.split(",") if s.strip()]
         n = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--seeds takes a count (5) or a list (0,3,7), got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--seeds takes a count (5) or a list (0,3,7), got {text!r}") from None
     if n < 1:
         raise argparse.ArgumentTypeError("--seeds must be at least 1")
     return list(range(n))
 
 
-def config_hash(obj: object) -> str:
-    """A short stable hash of a JSON-able configuration (names resume directories)."""
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+def parse_ints(text: str) -> list[int]:
+    """``"2,3,5"`` -> ``[2, 3, 5]``."""
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like 2,3,5, got {text!r}") from None
 
 
 def add_executor_options(p: argparse.ArgumentParser, units: str = "units") -> None:
@@ -62,6 +50,27 @@ def add_study_options(p: argparse.ArgumentParser, name: str, seeds: str, quick: 
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def add_study_parser(sub: argparse._SubParsersAction, name: str, help: str, seeds: str,
+                     quick: str) -> argparse.ArgumentParser:
+    """``nsr-gym study <name>`` with :func:`add_study_options`; returns its parser."""
+    p = study_subparsers(sub).add_parser(name, help=help)
+    add_study_options(p, name, seeds=seeds, quick=quick)
+    return p
+
+
+def study_kwargs(args: argparse.Namespace, name: str, seeds: list[int],
+                 quick_seeds: list[int]) -> dict[str, Any]:
+    """The keyword arguments of a resumable study's ``run_study`` from the options of
+    :func:`add_study_options`: ``seeds`` (``--seeds``, else ``quick_seeds`` under ``--quick``
+    and ``seeds`` otherwise), ``out`` (``--out``, else ``results[/quick]/<name>``), ``executor``,
+    ``ray_address``, ``resume`` and ``progress``."""
+    default_out = f"results/quick/{name}" if args.quick else f"results/{name}"
+    return dict(seeds=args.seeds or (quick_seeds if args.quick else seeds),
+                out=Path(args.out or default_out),
+                executor=args.executor, ray_address=args.ray_address,
+                resume=not args.no_resume, progress=not args.no_progress)
+
+
 def study_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAction:
     """The ``study`` command's subcommands, shared with the other study modules."""
     study = sub.choices.get("study")
@@ -69,28 +78,3 @@ def study_subparsers(sub: argparse._SubParsersAction) -> argparse._SubParsersAct
         study = sub.add_parser("study", help="controlled studies (results/<study>)")
         return study.add_subparsers(dest="study", required=True)
     return next(a for a in study._actions if isinstance(a, argparse._SubParsersAction))
-
-
-def run_episode_units(args: argparse.Namespace, units: list, policies: dict, out: Path,
-                      desc: str) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Run a study's env-episode units (:func:`nsr_gym.scaling.env_unit`) on ``--executor``,
-    keeping each finished one under ``out/.units`` (resumed unless ``--no-resume``).
-
-    Returns:
-        One row per episode, and the unit counts for the manifest (computed, resumed, and the
-        summed wall time of the episodes, whenever they ran).
-    """
-    import functools
-
-    from nsr_gym import scaling
-    from nsr_gym.executors import make_executor, run_units_kept
-
-    fn = functools.partial(scaling.env_unit, policies=policies)
-    with make_executor(args.executor, args.ray_address) as executor:
-        results, resumed = run_units_kept(executor, fn, units, out / ".units",
-                                          resume=not args.no_resume,
-                                          progress=not args.no_progress, desc=desc)
-    runs = pd.DataFrame([row for rows in results for row in rows])
-    counts = {"computed": len(units) - resumed, "resumed": resumed,
-              "unit_wall_s": round(float(runs["wall_s"].sum()), 1)}
-    return runs, counts

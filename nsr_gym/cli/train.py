@@ -1,4 +1,5 @@
-"""``nsr-gym train``: train a PPO or MaskablePPO allocation controller (``agents.train``)."""
+"""``nsr-gym train``: argument parsing for training a PPO or MaskablePPO allocation controller
+(:mod:`nsr_gym.studies.train` around :func:`nsr_gym.agents.train.train`)."""
 
 from __future__ import annotations
 
@@ -17,26 +18,16 @@ def _json_dict(text: str) -> dict:
     return value
 
 
-def resolve_env_id(name: str) -> str:
-    """A benchmark name (``CyclicSplitDigits``) or id (``nsr_gym/CyclicSplitDigits-v0``) -> id."""
-    import nsr_gym
-
-    return name if "/" in name else nsr_gym.env_id(name)
-
-
 def cmd_train(args: argparse.Namespace) -> int:
-    import gymnasium as gym
-
-    from agents.train import TrainConfig, train
-    from nsr_gym.results import command_line
+    from nsr_gym.agents.train import TrainConfig
+    from nsr_gym.studies.train import (
+        check_train_config,
+        default_out,
+        resolve_env_id,
+        train_controller,
+    )
 
     env_id = resolve_env_id(args.env)
-    if env_id.split(":", 1)[-1] not in gym.registry:
-        known = ", ".join(sorted(k for k in gym.registry if k.startswith("nsr_gym/")))
-        print(f"error: unknown env {args.env!r}; known: {known}", file=sys.stderr)
-        return 2
-    bench = env_id.split("/")[-1].removesuffix("-v0")
-    out = args.out or f"results/train/{args.algo}-{bench}-{args.backend}-s{args.seed}"
     cfg = TrainConfig(
         algo=args.algo,
         env_id=env_id,
@@ -46,7 +37,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         n_envs=args.n_envs,
         vec_env=args.vec_env,
         start_method=args.start_method,
-        out=out,
+        out=args.out or default_out(args.algo, env_id, args.backend, args.seed),
         env_kwargs=args.env_kwargs,
         hyperparams=args.hyperparams,
         n_evals=args.n_evals,
@@ -54,22 +45,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         progress_bar=args.progress,
     )
     try:
-        # Configuration errors (bad env kwargs) surface here, before any training.
-        gym.make(env_id, backend=args.backend, **args.env_kwargs).close()
-    except (ValueError, TypeError) as err:
+        check_train_config(cfg)
+    except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    result = train(cfg, command=command_line())
-    evals = result.config.get("evaluations") or {}
-    last = f", last eval return {evals['mean_return'][-1]:.2f}" if evals.get("mean_return") else ""
-    print(
-        f"trained {args.algo} on {env_id} ({args.backend}) for "
-        f"{result.config['num_timesteps']} steps in {result.wall_time_s:.1f} s{last}"
-    )
-    print(f"wrote {result.model_path} and {result.config_path}")
-    print(
-        f"evaluate it: nsr-gym run --backend {args.backend} --agents similarity,{args.algo}:{out}"
-    )
+    print(train_controller(cfg))
     return 0
 
 
@@ -116,7 +96,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         "--env-kwargs",
         type=_json_dict,
         default={},
-        help="JSON keyword arguments of gym.make, e.g. '{\"capacity\": 3}'",
+        help="JSON keyword arguments of gym.make, e.g. '{\"capacity\": 3}'; "
+        "'{\"capacity\": 3, \"retention\": \"agent\"}' trains retention as well",
     )
     p.add_argument(
         "--hyperparams",

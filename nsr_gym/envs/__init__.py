@@ -6,7 +6,18 @@ from typing import Any
 
 from gymnasium.envs.registration import register, registry
 
-from nsr_gym.envs.allocation import FRESH, KEEP, LOAD_OFFSET, RESERVE_MODES, AllocationEnv
+from nsr_gym.envs.allocation import (
+    DROP,
+    FRESH,
+    KEEP,
+    LOAD_OFFSET,
+    RESERVE_MODES,
+    RETENTION_MODES,
+    WRITE_OFFSET,
+    AllocationEnv,
+    RetentionInfo,
+    StepInfo,
+)
 from nsr_gym.envs.paper import PAPER_BENCHMARKS, make_paper_env
 
 ENTRY_POINT = "nsr_gym.envs.allocation:AllocationEnv"
@@ -45,6 +56,20 @@ BENCHMARKS: dict[str, dict] = {
     # Pass capacity=100 (and eviction=...) for a capped bank; `nsr-gym study scaling` does.
     "LongHorizonPermutedDigits": dict(tasks="permuted_digits", n_tasks=1000, schedule="zipf",
                                       phase_length=10, n_cycles=3, updates_per_step=5),
+    # ---- MNIST-1D, generated offline from a seed (issue 16; nsr_gym.data_mnist1d) ----------
+    # The Split-Digits and FiveDomains protocols on 40-sample signals, on the random MLP; the
+    # Pretrained variants run on the CNN that `nsr-gym pretrain` trained on signals no task uses
+    # (nsr_gym/weights, checksum verified), with LoRA on its Linear layers.
+    "CyclicSplitMNIST1D": dict(tasks="split_mnist1d", n_tasks=5, schedule="cyclic",
+                               phase_length=30, n_cycles=4),
+    "MNIST1DDomains": dict(tasks="mnist1d_domains", n_tasks=5, schedule="revisit",
+                           phase_length=30, n_cycles=4, updates_per_step=2),
+    "CyclicSplitMNIST1DPretrained": dict(tasks="split_mnist1d", n_tasks=5, schedule="cyclic",
+                                         phase_length=30, n_cycles=4,
+                                         learner_defaults=dict(backbone="pretrained")),
+    "MNIST1DDomainsPretrained": dict(tasks="mnist1d_domains", n_tasks=5, schedule="revisit",
+                                     phase_length=30, n_cycles=4, updates_per_step=2,
+                                     learner_defaults=dict(backbone="pretrained")),
 }
 
 
@@ -81,5 +106,7 @@ def register_envs() -> None:
                      disable_env_checker=False)
 
 
-__all__ = ["AllocationEnv", "BENCHMARKS", "FRESH", "KEEP", "LOAD_OFFSET", "PAPER_BENCHMARKS",
-           "RESERVE_MODES", "env_id", "make_paper_env", "register_envs", "with_learner_defaults"]
+__all__ = ["DROP", "AllocationEnv", "BENCHMARKS", "FRESH", "KEEP", "LOAD_OFFSET",
+           "PAPER_BENCHMARKS", "RESERVE_MODES", "RETENTION_MODES", "WRITE_OFFSET",
+           "RetentionInfo", "StepInfo", "env_id", "make_paper_env", "register_envs",
+           "with_learner_defaults"]

@@ -1,9 +1,17 @@
-"""The allocation env: each step decides which subspace the continual learner trains."""
+"""The allocation env: each step decides which subspace the continual learner trains.
+
+:class:`AllocationEnv` holds a learner (:func:`nsr_gym.learners.make_learner`), a
+:class:`~nsr_gym.bank.TaskKnowledgeBank` and a task stream, and reads top to bottom as
+Gymnasium's envs do: ``metadata``, ``__init__``, ``_get_obs``, ``_get_info``, ``action_masks``,
+``reset``, ``step``, ``render``, ``close``; then saving and loading the bank, the privileged
+:meth:`~AllocationEnv.task_schedule`, and the parts of a step (retain, allocate, protect, reserve
+at a phase end).
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Any, SupportsFloat
+from typing import Any, NamedTuple, SupportsFloat
 
 import gymnasium as gym
 import numpy as np
@@ -11,24 +19,88 @@ from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
 from nsr_gym import validation
-from nsr_gym.bank import EVICTION_POLICIES, BankEntry, TaskKnowledgeBank
-from nsr_gym.data import make_tasks
-from nsr_gym.envs.bank_view import BankView
-from nsr_gym.learners.analytic import AnalyticConfig, AnalyticLearner
-from nsr_gym.learners.base import Learner
-from nsr_gym.learners.torch_learner import BACKBONE_OPTIONS, TorchLearner, TorchLearnerConfig
-from nsr_gym.streams import SCHEDULES, TaskStream, make_stream
+from nsr_gym.bank import BankEntry, TaskKnowledgeBank, check_bank_fits, env_geometry, write_geometry
+from nsr_gym.learners import AnalyticLearner, Learner, make_learner
+from nsr_gym.learners.factory import BACKENDS
+from nsr_gym.streams import TaskStream, make_stream
 
-BACKENDS = ("torch", "analytic")
+__all__ = ["BACKENDS", "DROP", "FRESH", "KEEP", "LOAD_OFFSET", "RESERVE_MODES",
+           "RETENTION_MODES", "WRITE_OFFSET", "AllocationEnv", "RetentionInfo", "StepInfo"]
+
 #: Where the env reserves the active subspace at a phase end (see ``AllocationEnv``).
 RESERVE_MODES = ("owner", "active")
+#: Who decides what the bank keeps: the env's ``eviction`` policy, or the agent's action.
+RETENTION_MODES = ("env", "agent")
 KEEP = 0
 FRESH = 1
 #: Offset of the first ``LOAD`` action: action ``LOAD_OFFSET + k`` loads bank slot ``k``.
 LOAD_OFFSET = 2
+#: Retention actions (``retention="agent"``, the action's second part): drop the pending entry,
+#: or ``WRITE_OFFSET + k``: write it into slot ``k``.
+DROP = 0
+WRITE_OFFSET = 1
+_ALWAYS_VALID = np.ones(LOAD_OFFSET, dtype=bool)  # keep and fresh, first in every action mask
 
 
-class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
+class StepInfo(NamedTuple):
+    """What one step did: the keys ``step`` adds to the info dict, in this order (all numbers).
+
+    Attributes:
+        task_id: The task trained this step (ground truth, never in the observation).
+        phase: Phase index, from 0.
+        step_in_phase: Step within the phase, from 0.
+        visit: Phases of this task begun so far, this one included.
+        is_revisit: 1 from the task's second phase on.
+        switched: 1 when the action changed the active subspace (fresh, or a load).
+        invalid_load: 1 when the action loaded an empty slot (a no-op).
+        accuracy: Held-out accuracy after this step's updates.
+        zero_shot_accuracy: The chosen subspace's accuracy before any update (when kept: the
+            previous step's accuracy).
+        loss: Mean training loss of this step's updates.
+        skipped_updates: Updates skipped for a non-finite loss or gradient.
+        phase_end: 1 at the last step of a phase (the env reserved the subspace).
+        evicted_task: Owner of the entry the reserve evicted, or -1.
+        truncation_gap: Accuracy the SVD compression cost at the reserve (``eps``), or 0.
+        reserve_skipped: 1 when a non-finite subspace was kept out of the bank.
+        protected_tasks: Tasks the distillation term protects during this step.
+    """
+
+    task_id: int
+    phase: int
+    step_in_phase: int
+    visit: int
+    is_revisit: int
+    switched: int
+    invalid_load: int
+    accuracy: float
+    zero_shot_accuracy: float
+    loss: float
+    skipped_updates: int
+    phase_end: int
+    evicted_task: int
+    truncation_gap: float
+    reserve_skipped: int
+    protected_tasks: int
+
+
+class RetentionInfo(NamedTuple):
+    """What the retention part of a step did (``retention="agent"`` only): the keys ``step`` adds
+    to the info dict after :class:`StepInfo`'s, in this order.
+
+    Attributes:
+        retention: The retention action applied (``0`` drop, ``1 + k`` write into slot ``k``), or
+            -1 when no entry was pending.
+        stored_slot: The slot the pending entry was written into, or -1 (dropped, or none).
+        invalid_retention: 1 when the action asked to write while no entry was pending (a no-op,
+            like loading an empty slot; the action mask marks it).
+    """
+
+    retention: int
+    stored_slot: int
+    invalid_retention: int
+
+
+class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
     """Continual learning as memory management over LoRA subspaces.
 
     ## Description
@@ -49,6 +121,18 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
       An entry keeps the task it was first stored for as its owner, so ``info["next_task_slot"]``
       (the oracle's ground truth) names a slot only for a task that owns one.
 
+    Who decides what the bank keeps is the ``retention`` mode:
+
+    * ``"env"`` (the default): the env stores the subspace at the phase end as above, and a new
+      entry that meets a full bank evicts by ``eviction``.
+    * ``"agent"`` (needs ``reserve="owner"``): at the phase end the env compresses the subspace
+      into a *pending* entry (exactly the entry ``"owner"`` mode would store: owner the task just
+      trained, key its probe embedding) and stores nothing. At the next step, before the
+      allocation, the action's second part decides: drop it, or write it into a slot of the
+      agent's choice, overwriting what is there (writing it over its own task's entry updates
+      that entry in place, keeping its usage). The env never evicts by itself; ``eviction`` is
+      ignored. The last phase's pending entry is never decided: the episode ends first.
+
     With the torch learner's ``distill_weight > 0``, training protects the tasks the active
     subspace already served: when a subspace is chosen (a load, a fresh one, or a new phase) the
     env calls ``learner.protect(tasks_served - {current task})``, where ``tasks_served`` is the
@@ -60,22 +144,48 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     ``info["invalid_load"] = 1``; :meth:`action_masks` marks those actions ``False``. Any other
     value (out of range, not an integer, NaN) raises ``ValueError``.
 
+    With ``retention="agent"``: ``MultiDiscrete([K + 2, K + 1])``, an int array
+    ``[allocation, retention]``. ``allocation`` is the action above; ``retention`` decides the
+    pending entry first: ``0`` drops it, ``1 + k`` writes it into slot ``k``. A load in the same
+    step sees the bank after the write. While nothing is pending only ``retention = 0`` is valid;
+    another value is a no-op flagged by ``info["invalid_retention"] = 1`` (so unmasked learners
+    and the env checkers can sample freely). :meth:`action_masks` returns sb3-contrib's
+    ``MultiDiscrete`` mask, both parts concatenated: ``(K + 2) + (K + 1)`` booleans, ``load k``
+    valid where slot ``k`` is occupied before this step's write, every retention value while an
+    entry is pending and only ``0`` otherwise. Any other shape or value (out of range, NaN, not
+    integers) raises ``ValueError``.
+
     ## Observation Space
     A ``Dict`` of float32 ``Box`` parts; none names the task:
 
-    | key             | shape     | meaning                                                        |
-    |-----------------|-----------|----------------------------------------------------------------|
-    | similarity      | (K,)      | cosine of the current task's embedding with each slot's key    |
-    | occupied        | (K,)      | 1 where the slot holds an entry                                |
-    | age             | (K,)      | steps since the slot was last written or loaded / episode steps |
-    | usage           | (K,)      | times the slot was loaded / phases per episode                 |
-    | active          | (K + 1,)  | one-hot: 0 = an unsaved subspace, 1 + k = the entry in slot k  |
-    | last_accuracy   | (1,)      | accuracy after the previous step                               |
-    | task_shift      | (1,)      | ``(1 - cos) / 2`` between this and the previous probe embedding |
+    | key           | shape    | meaning                                                          |
+    |---------------|----------|------------------------------------------------------------------|
+    | similarity    | (K,)     | cosine of the current task's embedding with each slot's key      |
+    | occupied      | (K,)     | 1 where the slot holds an entry                                  |
+    | age           | (K,)     | steps since the slot was last written or loaded / episode steps  |
+    | usage         | (K,)     | times the slot was loaded / phases per episode                   |
+    | active        | (K + 1,) | one-hot: 0 = an unsaved subspace, 1 + k = the entry in slot k    |
+    | last_accuracy | (1,)     | accuracy after the previous step                                 |
+    | task_shift    | (1,)     | ``(1 - cos) / 2`` between this and the previous probe embedding  |
+
+    With ``retention="agent"``, three more (all 0 while nothing is pending); ``similarity``,
+    ``occupied``, ``age`` and ``usage`` describe the bank before the pending write:
+
+    | key                | shape | meaning                                                       |
+    |--------------------|-------|---------------------------------------------------------------|
+    | pending            | (1,)  | 1 while a subspace awaits the retention decision              |
+    | pending_similarity | (K,)  | cosine of the pending entry's key with each slot's key (0 for |
+    |                    |       | an empty slot): where its own task's entry is, if anywhere    |
+    | similarity_pending | (1,)  | cosine of the current task's embedding with the pending key:  |
+    |                    |       | what ``similarity[k]`` reads once it is written into slot k   |
+
+    ``usage`` counts loads, which are the revisits an agent observed, so no separate hit count
+    is needed.
 
     ## Rewards
     ``acc_weight * accuracy - lambda_switch * switched`` where ``switched`` is 1 for any action
-    other than keep that took effect.
+    other than keep that took effect. A retention decision costs nothing by itself: an agent that
+    writes each pending entry where ``eviction`` would have put it gets the env's own rewards.
 
     ## Starting State
     An empty bank and a fresh subspace; the stream (and, for ``recurring``, its draw) and all
@@ -85,12 +195,33 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
     ``terminated`` when the task stream ends (``n_phases * phase_length`` steps). No truncation
     of its own; wrap with ``TimeLimit`` as usual.
 
+    ## Info
+    ``reset`` and ``step`` return the oracle's ground truth and the bank's size
+    (:meth:`_get_info`); ``step`` adds what the step did (:class:`StepInfo`): the task, phase and
+    visit, whether it switched, the accuracy before and after training, the loss, and at a phase
+    end what the reserve evicted or skipped. With ``retention="agent"`` it adds
+    :class:`RetentionInfo` (the retention applied and the slot written), and ``evicted_task``
+    (the owner of another task's entry that a write overwrote) comes at the step of the write.
+    :meth:`task_schedule` (the whole future stream) is privileged information for reference
+    agents such as the clairvoyant; it is in neither the observation nor the info.
+
     ## Arguments
-    See ``__init__``. ``backend="torch"`` is the real learner (``peft`` LoRA on a frozen MLP);
-    ``backend="analytic"`` the closed-form model of THEORY.md with the same API.
+    See ``__init__``. ``retention="agent"`` (with ``reserve="owner"``) makes retention part of
+    the action (see Action Space). ``backend="torch"`` is the real learner (``peft`` LoRA on a
+    frozen MLP); ``backend="analytic"`` the closed-form model of THEORY.md with the same API
+    (:func:`nsr_gym.learners.make_learner` builds either)::
+
+        >>> import gymnasium as gym, nsr_gym
+        >>> env = gym.make("nsr_gym/CyclicSplitDigits-v0", backend="analytic")
+        >>> env.action_space, sorted(env.observation_space)[:2]
+        (Discrete(7), ['active', 'age'])
+        >>> gym.make("nsr_gym/CyclicSplitDigits-v0", backend="analytic", capacity=3,
+        ...          retention="agent").action_space
+        MultiDiscrete([5 4])
 
     ## Version History
     * v0: initial release.
+    * v0: ``retention="agent"`` added; the default (``"env"``) is unchanged.
     """
 
     metadata = {"render_modes": ["ansi"], "render_fps": 4}
@@ -110,17 +241,20 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         backend: str = "torch",
         learner: dict[str, Any] | Learner | None = None,
         reserve: str = "owner",
+        retention: str = "env",
         render_mode: str | None = None,
     ) -> None:
         """
         Args:
-            tasks: Task family (``"split_digits"`` or ``"permuted_digits"``).
+            tasks: Task family: ``"split_digits"``, ``"five_domains"``, ``"permuted_digits"``,
+                ``"split_mnist1d"`` or ``"mnist1d_domains"`` (``nsr_gym.data.task_families()``).
             n_tasks: ``M``, distinct tasks.
             schedule: ``"cyclic"``, ``"sequential"`` or ``"recurring"``.
             phase_length: ``L``, steps per phase.
             n_cycles: ``C``; a recurring stream has ``C * M`` phases.
             capacity: ``K``, bank slots (default ``M``).
-            eviction: Bank eviction policy when full (see ``nsr_gym.bank``).
+            eviction: Bank eviction policy when full (see ``nsr_gym.bank``); ignored with
+                ``retention="agent"``.
             lambda_switch: Switching cost per effective non-keep action (reward units).
             acc_weight: Weight of accuracy in the reward.
             updates_per_step: Optimiser updates per env step.
@@ -132,14 +266,26 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
                 its ``n_tasks``.
             reserve: ``"owner"`` (an entry per task) or ``"active"`` (shared entries, updated in
                 place); see the class docstring.
+            retention: ``"env"`` (the bank evicts by ``eviction``) or ``"agent"`` (the action's
+                second part writes or drops each reserved subspace; needs ``reserve="owner"``);
+                see the class docstring.
             render_mode: ``None`` or ``"ansi"``.
         """
+        # ---- configuration
         if isinstance(learner, Learner) and n_tasks != learner.n_tasks:
             raise ValueError(f"n_tasks={n_tasks} but the learner passed has {learner.n_tasks} "
                              f"tasks; pass n_tasks={learner.n_tasks}")
         capacity = n_tasks if capacity is None else capacity
-        self._check_config(schedule, phase_length, n_cycles, capacity, eviction, lambda_switch,
-                           acc_weight, updates_per_step, backend, render_mode, n_tasks, reserve)
+        problems = validation.env_config_problems(
+            n_tasks=n_tasks, phase_length=phase_length, n_cycles=n_cycles, capacity=capacity,
+            updates_per_step=updates_per_step, lambda_switch=lambda_switch, acc_weight=acc_weight,
+            schedule=schedule, eviction=eviction, backend=backend, reserve=reserve,
+            reserve_modes=RESERVE_MODES, render_mode=render_mode,
+            render_modes=self.metadata["render_modes"], retention=retention,
+            retention_modes=RETENTION_MODES)
+        if problems:
+            raise ValueError("invalid AllocationEnv configuration: " + "; ".join(problems))
+        self.n_tasks = int(n_tasks)
         self.schedule_kind = schedule
         self.phase_length = int(phase_length)
         self.n_cycles = int(n_cycles)
@@ -148,21 +294,24 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         self.lambda_switch = float(lambda_switch)
         self.acc_weight = float(acc_weight)
         self.updates_per_step = int(updates_per_step)
-        self.backend = backend
-        self.render_mode = render_mode
-        self.n_tasks = int(n_tasks)
         self.reserve = reserve
+        self.retention = retention
+        self.render_mode = render_mode
+        self.n_phases = self.n_tasks * self.n_cycles
+        self.n_steps = self.n_phases * self.phase_length
 
+        # ---- learner and bank handles (the bank is emptied by every reset)
         if isinstance(learner, Learner):  # a ready learner names its own kind
             self.learner: Learner = learner
             self.backend = "analytic" if isinstance(learner, AnalyticLearner) else "torch"
         else:
-            self.learner = self._make_learner(backend, tasks, n_tasks, learner or {})
+            self.learner = make_learner(backend, learner, tasks, n_tasks)
+            self.backend = backend
         self.bank = TaskKnowledgeBank(self.capacity, self.learner.key_dim, eviction)
-        self._stream: TaskStream | None = None
-        self.n_steps = self.n_tasks * self.n_cycles * self.phase_length
-        self.n_phases = self.n_tasks * self.n_cycles
+        self._stream: TaskStream | None = None  # set by reset
+        self._pending: BankEntry | None = None  # retention="agent": the entry awaiting a decision
 
+        # ---- spaces
         K = self.capacity
         unit = lambda n: spaces.Box(0.0, 1.0, (n,), np.float32)  # noqa: E731
         self.observation_space = spaces.Dict({
@@ -174,110 +323,107 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
             "last_accuracy": unit(1),
             "task_shift": unit(1),
         })
-        self.action_space = spaces.Discrete(K + LOAD_OFFSET)
-
-    # ------------------------------------------------------------------ construction helpers
-    @staticmethod
-    def _check_config(schedule, phase_length, n_cycles, capacity, eviction, lambda_switch,
-                      acc_weight, updates_per_step, backend, render_mode, n_tasks,
-                      reserve="owner") -> None:
-        problems = []
-        for name, v in (("n_tasks", n_tasks), ("phase_length", phase_length), ("n_cycles", n_cycles),
-                        ("capacity", capacity), ("updates_per_step", updates_per_step)):
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                problems.append(f"{name} must be an integer >= 1 (got {v!r})")
-        for name, v in (("lambda_switch", lambda_switch), ("acc_weight", acc_weight)):
-            if not isinstance(v, (int, float, np.floating)) or not np.isfinite(v) or v < 0:
-                problems.append(f"{name} must be a finite number >= 0 (got {v!r})")
-        if schedule not in SCHEDULES:
-            problems.append(f"schedule must be one of {SCHEDULES} (got {schedule!r})")
-        if eviction not in EVICTION_POLICIES:
-            problems.append(f"eviction must be one of {EVICTION_POLICIES} (got {eviction!r})")
-        if backend not in BACKENDS:
-            problems.append(f"backend must be one of {BACKENDS} (got {backend!r})")
-        if reserve not in RESERVE_MODES:
-            problems.append(f"reserve must be one of {RESERVE_MODES} (got {reserve!r})")
-        if render_mode not in (None, "ansi"):
-            problems.append(f"render_mode must be None or 'ansi' (got {render_mode!r})")
-        if problems:
-            raise ValueError("invalid AllocationEnv configuration: " + "; ".join(problems))
-
-    @staticmethod
-    def _make_learner(backend: str, tasks: str, n_tasks: int, overrides: dict[str, Any]) -> Learner:
-        config_cls = TorchLearnerConfig if backend == "torch" else AnalyticConfig
-        if backend != "torch":  # a backbone variant's network options do not apply to the model
-            overrides = {k: v for k, v in overrides.items() if k not in BACKBONE_OPTIONS}
-        known = set(config_cls.__dataclass_fields__)
-        unknown = sorted(set(overrides) - known)
-        torch_only = [k for k in unknown if k in TorchLearnerConfig.__dataclass_fields__]
-        if torch_only:
-            raise ValueError(f"learner option(s) {torch_only} belong to the torch backend (the "
-                             f"{backend} model has no such part); drop them or use "
-                             "backend='torch'")
-        if unknown:
-            raise ValueError(f"unknown {backend} learner option(s) {unknown}; known: {sorted(known)}")
-        problems = validation.learner_option_problems(backend, overrides)
-        if problems:
-            raise ValueError(f"invalid {backend} learner options: " + "; ".join(problems))
-        overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-        if backend == "torch":
-            return TorchLearner(make_tasks(tasks, n_tasks), TorchLearnerConfig(**overrides))
-        make_tasks(tasks, n_tasks)  # validates the family and size, so both backends agree
-        return AnalyticLearner(n_tasks, AnalyticConfig(**overrides))
-
-    # ------------------------------------------------------------------ observation and info
-    def _view(self) -> BankView:
-        """The bank's arrays for obs and info (see ``BankView``), with current similarities."""
-        view = getattr(self, "_bank_view", None)
-        if view is None or not view.is_current(self.bank):
-            view = self._bank_view = BankView(self.bank, self.n_phases)
-        self._similarity = view.similarities(getattr(self, "_embedding", None))
-        return view
+        self.action_space: spaces.Space = spaces.Discrete(K + LOAD_OFFSET)
+        if self.retention == "agent":
+            self.observation_space = spaces.Dict({
+                **self.observation_space.spaces,
+                "pending": unit(1),
+                "pending_similarity": spaces.Box(-1.0, 1.0, (K,), np.float32),
+                "similarity_pending": spaces.Box(-1.0, 1.0, (1,), np.float32),
+            })
+            self.action_space = spaces.MultiDiscrete([K + LOAD_OFFSET, K + WRITE_OFFSET])
 
     def _get_obs(self) -> dict[str, np.ndarray]:
-        view = self._view()
+        """The observation: fresh float32 arrays every step (callers may keep them)."""
+        view = self.bank.view
         active = np.zeros(self.capacity + 1, dtype=np.float32)
         active[0 if self._active_slot is None else 1 + self._active_slot] = 1.0
-        # Fresh arrays every step (callers may keep them); age is the only per-step arithmetic.
         age = (np.float32(self._t) - view.last_used) * view.occupied / self.n_steps
-        return {
-            "similarity": self._similarity.copy(),
+        obs = {
+            "similarity": view.similarities(self._embedding).copy(),
             "occupied": view.occupied.copy(),
             "age": np.minimum(age, 1.0, out=age),
-            "usage": view.usage.copy(),
+            "usage": np.minimum(view.usage / self.n_phases, 1.0),
             "active": active,
             "last_accuracy": np.array([self._last_acc], dtype=np.float32),
             "task_shift": np.array([self._task_shift], dtype=np.float32),
         }
+        if self.retention == "agent":
+            obs.update(self._pending_obs())
+        return obs
 
-    def _get_info(self) -> dict[str, Any]:
-        """Flat, numeric, deterministic: ground truth for metrics and the oracle, never for agents."""
-        view = self._view()
+    def _pending_obs(self) -> dict[str, np.ndarray]:
+        """The observation's ``retention="agent"`` parts (zeros while nothing is pending)."""
+        pending = self._pending
+        if pending is None:
+            return {"pending": np.zeros(1, np.float32),
+                    "pending_similarity": np.zeros(self.capacity, np.float32),
+                    "similarity_pending": np.zeros(1, np.float32)}
+        return {"pending": np.ones(1, np.float32),
+                "pending_similarity": self.bank.similarities(pending.key),
+                "similarity_pending": np.array([_cosine(self._embedding, pending.key)],
+                                               dtype=np.float32)}
+
+    def _get_info(self, step: StepInfo | None = None,
+                  retained: RetentionInfo | None = None) -> dict[str, Any]:
+        """Flat, numeric, deterministic: ground truth for metrics and the oracle, never for agents.
+
+        Keys: ``next_task_id`` (-1 once done), ``next_task_slot`` (the slot that task owns, or
+        -1; with ``retention="agent"``, before the pending write), ``next_is_phase_start``,
+        ``bank_entries``, ``bank_bytes``, ``action_mask``; then, after a step, those of ``step``
+        and (``retention="agent"``) of ``retained``.
+        """
+        view = self.bank.view
         done = self._t >= self.n_steps
         next_task = -1 if done else self._stream.task_at(self._t)
-        return {
+        info = {
             "next_task_id": next_task,
             "next_task_slot": view.owner_slot.get(next_task, -1),
             "next_is_phase_start": int(not done and self._t % self.phase_length == 0),
             "bank_entries": view.entries,
             "bank_bytes": view.nbytes,
-            "action_mask": view.mask.copy(),
+            "action_mask": self.action_masks(),
         }
+        if step is not None:
+            info.update(step._asdict())
+        if retained is not None:
+            info.update(retained._asdict())
+        return info
 
     def action_masks(self) -> np.ndarray:
-        """``(K + 2,)`` bool: keep and fresh always valid, ``load k`` only for occupied slots."""
-        return self._view().mask.copy()
+        """``(K + 2,)`` bool: keep and fresh always valid, ``load k`` only for occupied slots.
 
-    # ------------------------------------------------------------------ reset / step
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        With ``retention="agent"``, ``(K + 2) + (K + 1)`` bool (sb3-contrib's ``MultiDiscrete``
+        convention, the parts concatenated): the allocation part as above, for the bank before
+        this step's write; then the retention part, all valid while an entry is pending and only
+        ``0`` (drop) otherwise.
+        """
+        allocation = np.concatenate((_ALWAYS_VALID, self.bank.view.occupied > 0))
+        if self.retention == "env":
+            return allocation
+        retention = np.zeros(self.capacity + WRITE_OFFSET, dtype=bool)
+        retention[DROP if self._pending is None else slice(None)] = True
+        return np.concatenate((allocation, retention))
+
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
+              ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Start an episode: a new stream, learner state and empty bank, all from ``seed``.
+
+        Args:
+            seed: Seed of ``self.np_random``, from which every draw of the episode comes.
+            options: ``{"bank": path}`` starts from the bank saved there instead of an empty one
+                (see :meth:`load_bank`).
+        """
         super().reset(seed=seed)
-        rng = self.np_random
         self._stream = make_stream(self.schedule_kind, self.n_tasks, self.phase_length,
-                                   self.n_cycles, rng=rng)
-        self.learner.reset(rng)
-        self.bank = TaskKnowledgeBank(self.capacity, self.learner.key_dim, self.eviction)
+                                   self.n_cycles, rng=self.np_random)
+        self.learner.reset(self.np_random)
+        if self.bank.eviction != self.eviction:  # a bank loaded last episode kept its own policy
+            self.bank = TaskKnowledgeBank(self.capacity, self.learner.key_dim, self.eviction)
+        self.bank.clear()
+        self._pending = None
         self._t = 0
-        self._active_slot: int | None = None
+        self._active_slot: int | None = None  # bank slot of the active subspace, None: unsaved
         self._active_served: list[int] = []  # tasks the active subspace has served, in order
         self._protected: list[int] = []
         self._task_keys: dict[int, np.ndarray] = {}  # latest probe embedding per task seen
@@ -286,60 +432,34 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
         if (options or {}).get("bank") is not None:
             self.bank = self._read_bank(options["bank"])
         self._embedding = self.learner.embed(self._stream.task_at(0))
-        self._similarity = self.bank.similarities(self._embedding)
         self._task_shift = 1.0
         return self._get_obs(), self._get_info()
 
-    def _parse_action(self, action: Any) -> int:
-        if type(action) is int or isinstance(action, np.integer):  # the common case, cheaply
-            if 0 <= action < self.action_space.n:
-                return int(action)
-        arr = np.asarray(action)
-        if arr.size != 1 or arr.dtype.kind not in "iuf" or arr.dtype == np.bool_:
-            raise ValueError(f"action must be one integer in [0, {self.action_space.n}), got {action!r}")
-        value = arr.reshape(()).item()
-        if isinstance(value, float) and (not np.isfinite(value) or value != int(value)):
-            raise ValueError(f"action must be an integer in [0, {self.action_space.n}), got {action!r}")
-        value = int(value)
-        if not 0 <= value < self.action_space.n:
-            raise ValueError(
-                f"action {value} is out of range: use 0 (keep), 1 (fresh) or 2..{self.action_space.n - 1} "
-                f"(load slot 0..{self.capacity - 1})"
-            )
-        return value
-
-    def step(self, action: Any) -> tuple[dict[str, np.ndarray], SupportsFloat, bool, bool, dict[str, Any]]:
+    def step(self, action: Any
+             ) -> tuple[dict[str, np.ndarray], SupportsFloat, bool, bool, dict[str, Any]]:
+        """(Retain,) allocate, train ``updates_per_step`` updates, evaluate; at a phase end,
+        reserve."""
         if self._stream is None or self._t >= self.n_steps:
             raise ResetNeeded("call reset() before step() (and after the episode terminated)")
-        a = self._parse_action(action)
+        retained = None
+        if self.retention == "agent":
+            a, r = validation.parse_retention_action(action, self.capacity)
+        else:
+            a = validation.parse_action(action, self.action_space.n)
         task = self._stream.task_at(self._t)
         phase, step_in_phase = divmod(self._t, self.phase_length)
-        phase_start = step_in_phase == 0
-        if phase_start:
+        if step_in_phase == 0:
             self._visits[task] += 1
 
-        # 1. the allocation decision
-        switched, invalid_load = False, False
-        if a == FRESH:
-            self.learner.fresh()
-            self._active_slot, self._active_served, switched = None, [], True
-        elif a >= LOAD_OFFSET:
-            k = a - LOAD_OFFSET
-            if self.bank.slots[k] is None:
-                invalid_load = True
-            else:
-                entry = self.bank.get(k)
-                self.learner.load(entry.tensors)
-                view = self._view()
-                self.bank.touch(k, self._t)
-                view.touched(self.bank, k)
-                self._active_slot, switched = k, True
-                self._active_served = list(entry.tasks_served)
-        if switched or phase_start:  # a subspace chosen for this task: protect what it served
-            self._protected = [t for t in self._active_served if t != task]
-            self.learner.protect(self._protected)
-        # What the subspace knows of this task before any update: the start of a recovery.
-        zero_shot = self.learner.evaluate(task) if (switched or phase_start) else self._last_acc
+        # 0. retention="agent": the pending entry is written or dropped before the allocation
+        written_over = -1
+        if self.retention == "agent":
+            retained, written_over = self._retain(r)
+
+        # 1. the allocation decision, and what the chosen subspace knows before any update
+        switched, invalid_load = self._allocate(a)
+        zero_shot = self._choose_subspace(task) if switched or step_in_phase == 0 \
+            else self._last_acc
 
         # 2. training and evaluation
         report = self.learner.train(task, self.updates_per_step)
@@ -350,96 +470,36 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
 
         # 3. at the phase end: compress and reserve, then probe the next task
         phase_end = self._t % self.phase_length == 0
-        evicted_task, gap = -1, 0.0
-        if phase_end:
-            evicted_task, gap = self._reserve(task)
+        self._task_shift = 0.0
+        evicted_task, gap, skipped = self._end_phase(task) if phase_end else (-1, 0.0, False)
+        evicted_task = max(evicted_task, written_over)  # one of them: an agent's env never evicts
         terminated = self._t >= self.n_steps
-        if phase_end and not terminated:
-            new_embedding = self.learner.embed(self._stream.task_at(self._t))
-            self._task_shift = self._shift(self._embedding, new_embedding)
-            self._embedding = new_embedding
-        else:
-            self._task_shift = 0.0
-        # (similarity to the bank is refreshed by _view() when the bank or the probe changed)
 
-        info = self._get_info()
-        info.update({
-            "task_id": task,
-            "phase": phase,
-            "step_in_phase": step_in_phase,
-            "visit": int(self._visits[task]),
-            "is_revisit": int(self._visits[task] > 1),
-            "switched": int(switched),
-            "invalid_load": int(invalid_load),
-            "accuracy": acc,
-            "zero_shot_accuracy": zero_shot,
-            "loss": report.loss,
-            "skipped_updates": report.skipped,
-            "phase_end": int(phase_end),
-            "evicted_task": evicted_task,
-            "truncation_gap": gap,
-            "reserve_skipped": int(phase_end and self._reserve_skipped),
-            "protected_tasks": len(self._protected),
-        })
+        visit = int(self._visits[task])
+        info = self._get_info(StepInfo(
+            task, phase, step_in_phase, visit, int(visit > 1), int(switched), int(invalid_load),
+            acc, zero_shot, report.loss, report.skipped, int(phase_end), evicted_task, gap,
+            int(skipped), len(self._protected)), retained)
         if self.render_mode == "ansi":
-            self._last_render = self._render_line(a, task, acc, reward)
+            self._last_render = self._render_line(a, task, acc, reward, retained)
         return self._get_obs(), float(reward), bool(terminated), False, info
 
-    def _reserve(self, task: int) -> tuple[int, float]:
-        """Compress the active subspace and reserve it (by the ``reserve`` mode); returns
-        ``(evicted task, eps)``."""
-        if task not in self._active_served:
-            self._active_served.append(task)
-        self._task_keys[task] = self._embedding
-        try:
-            payload, gap = self.learner.snapshot(task)
-        except ValueError as err:  # compress_lora refuses NaN/inf factors; anything else is a bug
-            if "finite" not in str(err):
-                raise
-            payload, gap = None, 0.0
-        self._reserve_skipped = payload is None or not validation.payload_is_finite(payload)
-        if self._reserve_skipped:  # a non-finite subspace never reaches the bank
-            return -1, 0.0
-        view = self._view()
-        if self.reserve == "owner":
-            entry = BankEntry(key=self._embedding.copy(), tensors=payload, owner=task,
-                              tasks_served=[task])
-            slot = view.owner_slot.get(task)  # bank.slot_of_owner(task), without the slot scan
-        else:  # "active": back into the slot the subspace came from, shared by what it served
-            slot = self._active_slot
-            if slot is not None and self.bank.slots[slot] is None:
-                slot = None
-            served = list(self._active_served)
-            keys = [self._task_keys[t] for t in served if t in self._task_keys]
-            owner = task if slot is None else self.bank.slots[slot].owner
-            entry = BankEntry(key=np.mean(keys, axis=0).astype(np.float32), tensors=payload,
-                              owner=owner, tasks_served=served)
-        evicted_task = -1
-        if slot is not None:
-            old = self.bank.slots[slot]
-            self.bank.update(slot, entry, self._t)
-        else:
-            slot, old = self.bank.insert(entry, self._t)
-            if old is not None:
-                evicted_task = old.owner
-        if slot is not None:
-            view.placed(self.bank, slot, old)
-        self._active_slot = slot
-        return evicted_task, gap
+    def render(self) -> str | None:
+        """``"ansi"``: one line for the last step (time, task, action, accuracy, reward, bank)."""
+        if self.render_mode == "ansi":
+            return getattr(self, "_last_render", "(no step yet)")
+        return None
 
-    @staticmethod
-    def _shift(old: np.ndarray, new: np.ndarray) -> float:
-        denom = float(np.linalg.norm(old) * np.linalg.norm(new))
-        cos = float(old @ new) / denom if denom > 0 else 0.0
-        return float(np.clip((1.0 - cos) / 2.0, 0.0, 1.0))
+    def close(self) -> None:
+        self.learner.close()
 
     # ------------------------------------------------------------------ bank files
     def save_bank(self, path: str | os.PathLike) -> None:
         """Save the bank atomically (:meth:`TaskKnowledgeBank.save`) with a ``geometry.json``
         naming the backend, backbone and capacity it was made with, for :meth:`load_bank`."""
         self.bank.save(path)
-        validation.write_geometry(path, validation.env_geometry(
-            self.backend, self.learner, self.capacity, self.n_tasks))
+        write_geometry(path, env_geometry(self.backend, self.learner, self.capacity,
+                                          self.n_tasks))
 
     def load_bank(self, path: str | os.PathLike) -> None:
         """Replace the bank by the one saved at ``path``, mid-episode; ``reset(options={"bank":
@@ -455,32 +515,150 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], np.int64]):
                               "bank with reset(options={'bank': path})")
         self.bank = self._read_bank(path)
         self._active_slot = None  # the active subspace is not an entry of the new bank
-        self._similarity = self.bank.similarities(self._embedding)
+
+    def task_schedule(self) -> np.ndarray:
+        """``(n_phases,)`` int64: the task id of every phase of this episode's stream.
+
+        Privileged information, for reference agents that plan with the future (the
+        clairvoyant): it is never part of the observation or the info, and an agent compared
+        with the others must not read it.
+
+        Raises:
+            ResetNeeded: before the first ``reset`` (the stream is drawn there).
+        """
+        if self._stream is None:
+            raise ResetNeeded("call reset() before task_schedule(): reset draws the stream")
+        return self._stream.schedule.astype(np.int64, copy=True)
 
     def _read_bank(self, path: str | os.PathLike) -> TaskKnowledgeBank:
         bank = TaskKnowledgeBank.load(path)
-        validation.check_bank_fits(bank, path, self.backend, self.learner, self.capacity,
-                                   self.n_tasks)
+        check_bank_fits(bank, path, self.backend, self.learner, self.capacity, self.n_tasks)
         # Steps count from this episode's start: the most recent use becomes "now".
         latest = max((e.last_used_step for e in bank.slots if e is not None), default=0)
-        for e in bank.slots:
-            if e is not None:
-                e.last_used_step += self._t - latest
-                e.created_step += self._t - latest
+        bank.shift_steps(self._t - latest)
         return bank
 
-    # ------------------------------------------------------------------ render / close
-    def _render_line(self, action: int, task: int, acc: float, reward: float) -> str:
+    # ------------------------------------------------------------------ the parts of a step
+    def _retain(self, r: int) -> tuple[RetentionInfo, int]:
+        """Apply retention action ``r`` to the pending entry (``retention="agent"``).
+
+        Returns:
+            ``(what it did, owner of another task's entry the write overwrote or -1)``.
+        """
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return RetentionInfo(-1, -1, int(r != DROP)), -1
+        if r == DROP:
+            self._active_slot = None  # the active subspace is not an entry (as a rejected insert)
+            return RetentionInfo(DROP, -1, 0), -1
+        slot = r - WRITE_OFFSET
+        old = self.bank.write(slot, pending, self._t)
+        self._active_slot = slot
+        return RetentionInfo(r, slot, 0), -1 if old is None else old.owner
+
+    def _allocate(self, a: int) -> tuple[bool, bool]:
+        """Apply action ``a`` to the active subspace; returns ``(switched, invalid_load)``."""
+        if a == FRESH:
+            self.learner.fresh()
+            self._active_slot, self._active_served = None, []
+            return True, False
+        if a >= LOAD_OFFSET:
+            k = a - LOAD_OFFSET
+            if self.bank.slots[k] is None:
+                return False, True
+            entry = self.bank.get(k)
+            self.learner.load(entry.tensors)
+            self.bank.touch(k, self._t)
+            self._active_slot, self._active_served = k, list(entry.tasks_served)
+            return True, False
+        return False, False
+
+    def _choose_subspace(self, task: int) -> float:
+        """A subspace was chosen for ``task`` (a switch or a new phase): protect the other tasks
+        it served, and return its accuracy on ``task`` before any update (where a recovery
+        starts)."""
+        self._protected = [t for t in self._active_served if t != task]
+        self.learner.protect(self._protected)
+        return self.learner.evaluate(task)
+
+    def _end_phase(self, task: int) -> tuple[int, float, bool]:
+        """Reserve the subspace trained on ``task``, then probe the next task (if any).
+
+        Returns:
+            ``(evicted task or -1, truncation gap, whether the reserve was skipped)``.
+        """
+        evicted_task, gap, skipped = self._reserve(task)
+        if self._t < self.n_steps:
+            new_embedding = self.learner.embed(self._stream.task_at(self._t))
+            self._task_shift = _task_shift(self._embedding, new_embedding)
+            self._embedding = new_embedding
+        return evicted_task, gap, skipped
+
+    def _reserve(self, task: int) -> tuple[int, float, bool]:
+        """Compress the active subspace and reserve it (by the ``reserve`` mode).
+
+        Returns:
+            ``(evicted task or -1, eps, skipped)``; a non-finite subspace never reaches the bank
+            (``skipped``).
+        """
+        if task not in self._active_served:
+            self._active_served.append(task)
+        self._task_keys[task] = self._embedding
+        try:
+            payload, gap = self.learner.snapshot(task)
+        except ValueError as err:  # compress_lora refuses NaN/inf factors; anything else is a bug
+            if "finite" not in str(err):
+                raise
+            payload, gap = None, 0.0
+        if payload is None or not validation.payload_is_finite(payload):
+            return -1, 0.0, True
+        if self.reserve == "owner":
+            entry = BankEntry(key=self._embedding.copy(), tensors=payload, owner=task,
+                              tasks_served=[task])
+            if self.retention == "agent":  # the agent decides at the next step
+                self._pending = entry
+                return -1, gap, False
+            slot = self.bank.view.owner_slot.get(task)  # bank.slot_of_owner(task), no slot scan
+        else:  # "active": back into the slot the subspace came from, shared by what it served
+            slot = self._active_slot
+            if slot is not None and self.bank.slots[slot] is None:
+                slot = None
+            served = list(self._active_served)
+            keys = [self._task_keys[t] for t in served if t in self._task_keys]
+            owner = task if slot is None else self.bank.slots[slot].owner
+            entry = BankEntry(key=np.mean(keys, axis=0).astype(np.float32), tensors=payload,
+                              owner=owner, tasks_served=served)
+        evicted_task = -1
+        if slot is not None:
+            self.bank.update(slot, entry, self._t)
+        else:
+            slot, old = self.bank.insert(entry, self._t)
+            if old is not None:
+                evicted_task = old.owner
+        self._active_slot = slot
+        return evicted_task, gap, False
+
+    def _render_line(self, action: int, task: int, acc: float, reward: float,
+                     retained: RetentionInfo | None = None) -> str:
         names = {KEEP: "keep", FRESH: "fresh"}
         act = names.get(action, f"load[{action - LOAD_OFFSET}]")
         occ = "".join("#" if o else "." for o in self.bank.occupied())
+        kept = ""
+        if retained is not None and retained.retention >= 0:
+            kept = " drop" if retained.stored_slot < 0 else f" write[{retained.stored_slot}]"
         return (f"t={self._t:5d} task={task} action={act:9s} acc={acc:.3f} "
-                f"reward={reward:+.3f} bank=[{occ}]")
+                f"reward={reward:+.3f} bank=[{occ}]{kept}")
 
-    def render(self) -> str | None:
-        if self.render_mode == "ansi":
-            return getattr(self, "_last_render", "(no step yet)")
-        return None
 
-    def close(self) -> None:
-        self.learner.close()
+def _cosine(a: np.ndarray, b: np.ndarray) -> float:
+    """Cosine of two vectors in [-1, 1], 0 when one is zero (as the bank's recall)."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    denom = float(np.linalg.norm(a64) * np.linalg.norm(b64))
+    return float(np.clip(a64 @ b64 / denom, -1.0, 1.0)) if denom > 0 else 0.0
+
+
+def _task_shift(old: np.ndarray, new: np.ndarray) -> float:
+    """``(1 - cos) / 2`` between two probe embeddings, in [0, 1] (0.5 when one is zero)."""
+    denom = float(np.linalg.norm(old) * np.linalg.norm(new))
+    cos = float(old @ new) / denom if denom > 0 else 0.0
+    return float(np.clip((1.0 - cos) / 2.0, 0.0, 1.0))

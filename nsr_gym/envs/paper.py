@@ -7,9 +7,10 @@ but built from local files the user provides, since nothing is downloaded at run
                    weights="~/weights/vit_b_16-c867db91.pth")
 
 Missing files raise one :class:`~nsr_gym.paper_data.MissingDataError` naming every file and
-where it goes. The learner is :func:`~nsr_gym.learners.pretrained.make_paper_learner`'s (ViT-B/16
-with LoRA on q and v of every block, or ResNet-18 with LoRA on ``layer4``), and the env is the
-same :class:`~nsr_gym.envs.allocation.AllocationEnv` as every other benchmark's.
+where it goes. The learner is ``make_learner("pretrained", ...)``'s
+(:func:`~nsr_gym.learners.pretrained.make_paper_learner`: ViT-B/16 with LoRA on q and v of every
+block, or ResNet-18 with LoRA on ``layer4``), and the env is the same
+:class:`~nsr_gym.envs.allocation.AllocationEnv` as every other benchmark's.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 from typing import Any
 
 from nsr_gym.envs.allocation import AllocationEnv
+from nsr_gym.learners import make_learner
 
 #: Registered paper-scale benchmarks: id suffix -> arguments of :func:`make_paper_env`.
 PAPER_BENCHMARKS: dict[str, dict[str, Any]] = {
@@ -59,14 +61,12 @@ def make_paper_env(
         ValueError: without ``data_root``.
         MissingDataError: one message naming every missing data file and the weights.
     """
-    from nsr_gym.learners.pretrained import make_paper_learner
-
     if data_root is None:
         raise ValueError(
             f"{benchmark} reads local files: pass data_root='<folder with the datasets>' and "
             "weights='<torchvision state dict>' to gym.make (see the README, 'Paper scale')")
-    model = make_paper_learner(benchmark, os.path.expanduser(data_root),
-                               None if weights is None else os.path.expanduser(weights),
-                               arch=arch, n_tasks=n_tasks, max_train=max_train, verify=verify,
-                               **(learner or {}))
+    model = make_learner("pretrained", {"arch": arch, **(learner or {})}, benchmark, n_tasks,
+                         data_root=os.path.expanduser(data_root),
+                         weights=None if weights is None else os.path.expanduser(weights),
+                         max_train=max_train, verify=verify)
     return AllocationEnv(learner=model, n_tasks=model.n_tasks, **env_kwargs)

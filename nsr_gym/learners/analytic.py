@@ -18,12 +18,15 @@ With ``eval_samples = 0`` and ``transfer = 0`` the simulated rewards equal the c
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from nsr_gym.learners.base import Learner, UpdateReport
+from nsr_gym.learners.config import NON_NEGATIVE, Rule, in_range, int_at_least, per_task, setting
+
+_PROBABILITY = per_task(lambda x: 0 <= x <= 1, "in [0, 1]")
 
 
 @dataclass(frozen=True)
@@ -34,34 +37,36 @@ class AnalyticConfig:
     them from logged torch runs).
     """
 
-    a_star: float | tuple[float, ...] = 0.97
+    a_star: float | tuple[float, ...] = setting(0.97, _PROBABILITY)
     """Asymptotic accuracy ``a*``."""
-    D: float | tuple[float, ...] = 0.47
+    D: float | tuple[float, ...] = setting(0.47, per_task(lambda x: x >= 0, ">= 0"))
     """Initial deficit: a fresh subspace's accuracy is ``a* - D``."""
-    tau: float | tuple[float, ...] = 8.0
+    tau: float | tuple[float, ...] = setting(8.0, per_task(lambda x: x > 0, "> 0"))
     """Learning time constant in updates."""
-    gamma: float = 0.0
+    gamma: float = setting(0.0, in_range(lambda x: 0 <= x <= 1, "in [0, 1]"))
     """Forgetting: the other tasks' experience is multiplied by ``gamma`` per update."""
-    kappa: float = 1.0
+    kappa: float = setting(1.0, in_range(lambda x: 0 < x <= 1, "in (0, 1]"))
     """Compression: a stored entry keeps ``kappa * h``."""
-    transfer: float = 0.0
+    transfer: float = setting(0.0, NON_NEGATIVE)
     """Experience added to every other task per update (cross-task transfer)."""
-    eval_samples: int = 0
+    eval_samples: int = setting(0, int_at_least(0))
     """Held-out examples per evaluation; 0 evaluates the exact expected accuracy (no noise)."""
-    key_dim: int = 16
+    key_dim: int = setting(16, int_at_least(1))
     """Length of the task embeddings."""
-    task_similarity: float = 0.0
+    task_similarity: float = setting(0.0, in_range(lambda x: 0 <= x < 1, "in [0, 1)"))
     """Shared component of the task embeddings, in ``[0, 1)``: the mean cosine between tasks."""
-    probe_noise: float = 0.05
+    probe_noise: float = setting(0.05, NON_NEGATIVE)
     """Standard deviation of the probe noise added to each embedding coordinate."""
-    embedding_seed: int = 0
+    embedding_seed: int = setting(0, int_at_least(0))
     """Seed of the task embeddings; part of the benchmark, not of a run."""
-    extra: dict = field(default_factory=dict)
+    extra: dict = setting({}, Rule(lambda v: isinstance(v, dict), "a dict"))
     """Free-form provenance (e.g. the fit it came from); ignored by the model."""
 
 
 def _per_task(value: float | tuple[float, ...], n: int, name: str) -> np.ndarray:
-    arr = np.broadcast_to(np.asarray(value, dtype=np.float64), (n,)) if np.ndim(value) == 0 else np.asarray(value, dtype=np.float64)
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim == 0:
+        arr = np.broadcast_to(arr, (n,))
     if arr.shape != (n,):
         raise ValueError(f"analytic parameter {name} has {arr.shape[0]} values for {n} tasks")
     return arr.copy()
@@ -81,7 +86,8 @@ class AnalyticLearner(Learner):
         self.a_star = _per_task(cfg.a_star, n_tasks, "a_star")
         self.D = _per_task(cfg.D, n_tasks, "D")
         self.tau = _per_task(cfg.tau, n_tasks, "tau")
-        if np.any(self.tau <= 0) or np.any(self.D < 0) or np.any(self.a_star > 1) or np.any(self.a_star - self.D < 0):
+        if np.any(self.tau <= 0) or np.any(self.D < 0) or np.any(self.a_star > 1) \
+                or np.any(self.a_star - self.D < 0):
             raise ValueError("analytic parameters need tau > 0, D >= 0 and 0 <= a* - D <= a* <= 1")
         if not 0.0 <= cfg.gamma <= 1.0 or not 0.0 < cfg.kappa <= 1.0:
             raise ValueError("analytic parameters need gamma in [0, 1] and kappa in (0, 1]")
@@ -108,15 +114,21 @@ class AnalyticLearner(Learner):
     def load(self, payload: dict[str, torch.Tensor]) -> None:
         h = payload["h"].numpy().astype(np.float64)
         if h.shape != (self.n_tasks,):
-            raise ValueError(f"bank entry holds experience for {h.shape[0]} tasks, this learner has {self.n_tasks}")
+            raise ValueError(f"bank entry holds experience for {h.shape[0]} tasks, this learner "
+                             f"has {self.n_tasks}")
         self.h = h.copy()
 
     def snapshot(self, task_id: int | None = None) -> tuple[dict[str, torch.Tensor], float]:
         stored = self.config.kappa * self.h
         gap = 0.0
         if task_id is not None:
-            gap = self._expected_acc(task_id, self.h[task_id]) - self._expected_acc(task_id, stored[task_id])
+            gap = (self._expected_acc(task_id, self.h[task_id])
+                   - self._expected_acc(task_id, stored[task_id]))
         return {"h": torch.from_numpy(stored.copy())}, float(gap)
+
+    def payload_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        """``{"h": (n_tasks,)}``: a payload is the stored experience vector."""
+        return {"h": (self.n_tasks,)}
 
     def train(self, task_id: int, n_updates: int) -> UpdateReport:
         cfg = self.config

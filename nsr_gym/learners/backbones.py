@@ -1,10 +1,14 @@
-"""Frozen backbones of the torch learner: the default MLP and a ViT-tiny-shaped transformer.
+"""Frozen backbones of the torch learner: the default MLP, a ViT-tiny-shaped transformer, and a
+small 1D CNN for MNIST-1D, random or pretrained.
 
-Both are built from seeded Gaussian weights (``backbone_seed``), frozen, and are part of a
-benchmark's definition rather than of a run. Each backbone says which of its ``Linear`` layers
-carry LoRA (:func:`lora_targets`) and how far up the network the frozen, adapter-free part
-reaches (:func:`frozen_prefix`): activations below the lowest adapted layer never change, so the
-fast path (:mod:`nsr_gym.learners.fast`) computes them once per input and caches them.
+The MLP, the ViT and ``"cnn1d"`` are built from seeded Gaussian weights (``backbone_seed``); the
+``"pretrained"`` backbone is the same CNN with the weights that ship in :mod:`nsr_gym.weights`
+(trained by ``nsr-gym pretrain`` on MNIST-1D signals no task uses, loaded only after their
+sha256 matches). All are frozen, and part of a benchmark's definition rather than of a run.
+Each backbone says which of its ``Linear`` layers carry LoRA (:func:`lora_targets`) and how far
+up the network the frozen, adapter-free part reaches (:func:`frozen_prefix`): activations below
+the lowest adapted layer never change, so the fast path (:mod:`nsr_gym.learners.fast`) computes
+them once per input and caches them.
 
 The ViT reads an 8x8 digit as ``(8 / patch)^2`` patches of ``patch^2`` pixels, embeds them with a
 linear map plus a learned-shape (here: seeded, frozen) position embedding, runs ``depth`` pre-norm
@@ -12,6 +16,11 @@ transformer blocks (multi-head self-attention, GELU MLP) and mean-pools the fina
 tokens into the feature vector. LoRA sits on the four linears (``qkv``, ``proj``, ``fc1``,
 ``fc2``) of the top ``lora_blocks`` blocks, so the embedding and the lower blocks are frozen
 prefix: the setting where caching activations matters.
+
+The CNN reads a 40-sample signal through a convolutional *stem* (``Conv1d -> ReLU`` layers of
+stride 2, then a flatten) and an MLP *trunk* (``Linear -> ReLU`` pairs) whose last width is the
+feature dimension. LoRA sits on the trunk's linears; the stem has no adapter, so the learner runs
+it once per input and trains on its cached output, as it caches the ViT's lower blocks.
 """
 
 from __future__ import annotations
@@ -22,7 +31,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-BACKBONES = ("mlp", "vit")
+BACKBONES = ("mlp", "vit", "cnn1d", "pretrained")
 
 #: ``lin(module, x)``: how a block applies one of its ``Linear`` layers. The reference path calls
 #: the module (a ``peft`` LoRA layer where adapted); the fast path substitutes its own kernel.
@@ -168,14 +177,107 @@ def build_vit(input_dim: int, patch: int, dim: int, depth: int, heads: int, seed
     return ViTTiny(input_dim, patch=patch, dim=dim, depth=depth, heads=heads, seed=seed)
 
 
+# ----------------------------------------------------------------------------- 1D CNN
+
+
+class CNN1D(nn.Module):
+    """A small 1D CNN for signals given as flat vectors: ``stem`` (convolutions) then ``trunk``.
+
+    Args:
+        input_len: Samples per signal (40 for MNIST-1D).
+        channels: Output channels of each ``Conv1d`` (kernel ``kernel``, stride 2, "same"
+            padding), each followed by a ReLU.
+        kernel: Odd kernel width of every convolution.
+        hidden: Widths of the trunk's ``Linear -> ReLU`` layers; the last is the feature
+            dimension.
+        seed: Seed of the ``N(0, 1 / fan_in)`` weights (zero biases) it starts from.
+
+    The defaults are the shipped pretrained network's architecture (``nsr-gym pretrain``), so
+    ``"cnn1d"`` is its random-weights control.
+    """
+
+    def __init__(self, input_len: int = 40, channels: tuple[int, ...] = (32, 32, 32),
+                 kernel: int = 5, hidden: tuple[int, ...] = (64, 32), seed: int = 0) -> None:
+        super().__init__()
+        if kernel % 2 == 0:
+            raise ValueError(f"CNN1D kernel must be odd, got {kernel}")
+        gen = torch.Generator().manual_seed(seed)
+        self.input_len, self.channels, self.kernel = input_len, tuple(channels), kernel
+        self.hidden = tuple(hidden)
+        layers: list[nn.Module] = [nn.Unflatten(1, (1, input_len))]
+        c_in, length = 1, input_len
+        for c in channels:
+            conv = nn.Conv1d(c_in, c, kernel, stride=2, padding=kernel // 2)
+            with torch.no_grad():
+                fan_in = c_in * kernel
+                conv.weight.copy_(torch.randn(conv.weight.shape, generator=gen) / fan_in**0.5)
+                conv.bias.zero_()
+            layers += [conv, nn.ReLU()]
+            c_in, length = c, (length - 1) // 2 + 1
+        self.stem = nn.Sequential(*layers, nn.Flatten())
+        self.stem_dim = fan_in = c_in * length
+        trunk: list[nn.Module] = []
+        for width in self.hidden:
+            trunk += [_gaussian_(nn.Linear(fan_in, width), gen), nn.ReLU()]
+            fan_in = width
+        self.trunk = nn.Sequential(*trunk)
+        self.feature_dim = self.hidden[-1]
+
+    def architecture(self) -> dict[str, object]:
+        """The constructor's arguments but the seed (what a weights file records)."""
+        return {"input_len": self.input_len, "channels": list(self.channels),
+                "kernel": self.kernel, "hidden": list(self.hidden)}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(n, input_len) -> (n, feature_dim)``."""
+        return self.trunk(self.stem(x))
+
+
+def build_cnn1d(input_dim: int, seed: int) -> CNN1D:
+    """The frozen random-features CNN (the pretrained one's architecture, seeded weights)."""
+    return _freeze(CNN1D(input_dim, seed=seed))
+
+
+def load_pretrained(input_dim: int, name: str | None = None,
+                    directory: str | None = None) -> CNN1D:
+    """The shipped pretrained CNN for ``input_dim``-wide inputs, frozen, checksum verified.
+
+    Args:
+        input_dim: The tasks' input width; it picks the weights (40: ``mnist1d_cnn``).
+        name: A weights name in :mod:`nsr_gym.weights` instead (its width must still match).
+        directory: Where the weights and their record are (default: the package's).
+
+    Raises:
+        ValueError: when no shipped network takes ``input_dim`` inputs.
+        nsr_gym.weights.WeightsError: when the file is missing or its sha256 differs from the
+            record's (naming the file), or the record does not describe a ``CNN1D``.
+    """
+    from nsr_gym import weights
+
+    name = name or weights.for_input_dim(input_dim)
+    record, tensors = weights.load_verified(name, directory)
+    arch = record["architecture"]
+    if int(arch["input_len"]) != input_dim:
+        raise ValueError(f"pretrained weights {name!r} take {arch['input_len']}-wide inputs; "
+                         f"these tasks have {input_dim}")
+    net = CNN1D(int(arch["input_len"]), tuple(arch["channels"]), int(arch["kernel"]),
+                tuple(arch["hidden"]))
+    try:
+        net.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        raise weights.WeightsError(f"{weights.weights_path(name, directory)} does not match "
+                                   f"its recorded architecture {arch}: {err}") from None
+    return _freeze(net)
+
+
 # ----------------------------------------------------------------------------- LoRA placement
 
 
 def lora_targets(backbone: nn.Module, lora_blocks: int = 2) -> list[str]:
     """Names of the ``Linear`` modules that carry LoRA, in forward order.
 
-    MLP: every ``Linear``. ViT: ``qkv``, ``proj``, ``fc1`` and ``fc2`` of the top ``lora_blocks``
-    blocks.
+    MLP (and a CNN's trunk, which the learner adapts on its own): every ``Linear``. ViT:
+    ``qkv``, ``proj``, ``fc1`` and ``fc2`` of the top ``lora_blocks`` blocks.
     """
     if isinstance(backbone, ViTTiny):
         depth = len(backbone.blocks)

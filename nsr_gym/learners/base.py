@@ -66,6 +66,12 @@ class Learner(ABC):
             where it is not measured).
         """
 
+    def payload_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        """The payload :meth:`snapshot` returns, as name -> shape (``None`` for a dimension that
+        may vary, such as a compressed rank); a saved bank's entries are checked against it
+        before the bank is loaded. Learners whose payloads are checked override it."""
+        raise NotImplementedError(f"{type(self).__name__} does not describe its payloads")
+
     @abstractmethod
     def train(self, task_id: int, n_updates: int) -> UpdateReport:
         """Run ``n_updates`` optimiser updates of the active subspace on task ``task_id``."""

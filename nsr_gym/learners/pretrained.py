@@ -32,16 +32,17 @@ Inputs are :class:`~nsr_gym.data.Task` rows of ``3 * s * s`` floats in ``[0, 1]`
 architecture's input size, and applies ImageNet normalisation. The backbone runs in ``eval``
 mode throughout (frozen BatchNorm statistics).
 
-Hook this would use in TorchLearner (not edited here): a way to pass a prebuilt backbone, its
-LoRA target names and its feature dimension to ``TorchLearner.__init__``; without it this class
-repeats the ~25 lines of attribute set-up that ``__init__`` performs.
+Shared with TorchLearner: the settings (:class:`~nsr_gym.learners.config.AdapterConfig`), the
+``peft`` wrapping (:func:`~nsr_gym.learners.torch_learner.add_lora`) and the probe state
+(``TorchLearner._init_probe_state``); only the backbone, its 2-D factor views and the chunked
+data set-up are this class's own.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +51,13 @@ from torch import nn
 from torch.nn import functional as F
 
 from nsr_gym.data import Task
-from nsr_gym.learners.torch_learner import TorchLearner, TorchLearnerConfig, resolve_device
+from nsr_gym.learners.config import AdapterConfig, override
+from nsr_gym.learners.torch_learner import (
+    TorchLearner,
+    TorchLearnerConfig,
+    add_lora,
+    resolve_device,
+)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -278,50 +285,33 @@ def build_pretrained_backbone(
 
 
 @dataclass(frozen=True)
-class PretrainedConfig:
-    """Settings of :class:`PretrainedLearner`."""
+class PretrainedConfig(AdapterConfig):
+    """Settings of :class:`PretrainedLearner`: :class:`~nsr_gym.learners.config.AdapterConfig`'s
+    (four with other defaults, below) and the backbone's and evaluation's own."""
 
+    lr: float = override(AdapterConfig, "lr", 1e-3)
+    """Adam learning rate for adapters and head (below the small backbones' 5e-3)."""
+    device: str = override(AdapterConfig, "device", "auto")
+    """``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when present, the default here)."""
+    distill_anchors: int = override(AdapterConfig, "distill_anchors", 32)
+    """Anchor images per protected task; each update runs the backbone on all of them, so this
+    is far below the small backbones' 256."""
+    distill_max_tasks: int = override(AdapterConfig, "distill_max_tasks", 4)
+    """Protect at most this many tasks, the most recently served."""
     arch: str = "vit_b_16"
     """A key of :data:`ARCHITECTURES`."""
     weights: str | None = None
     """Path of the backbone's state dict (torchvision's file); required unless ``random_init``."""
     random_init: bool = False
     """Allow ``weights=None``: a seeded random backbone (speed and memory runs only)."""
-    lora_rank: int = 4
-    """LoRA rank ``r`` on each adapted layer."""
-    lora_alpha: float = 4.0
-    """LoRA ``alpha``."""
-    lr: float = 1e-3
-    """Adam learning rate for adapters and head."""
-    batch_size: int = 32
-    """Training examples per update."""
-    probe_size: int = 64
-    """Examples in the probe batch whose mean frozen feature is the task embedding."""
     embed_pool: int = 512
     """Training examples per task whose frozen features are cached for probing."""
     eval_size: int | None = 1000
     """Test examples per task used by ``evaluate`` (a fixed seeded subset); ``None``: all."""
     eval_batch_size: int = 256
     """Chunk size of evaluation and feature caching."""
-    compression_rank: int | None = None
-    """Rank budget of the bank's SVD compression."""
-    compression_energy: float | None = 0.99
-    """Energy threshold of the SVD compression."""
-    measure_truncation: bool = True
-    """Evaluate the compressed subspace at store time (costs one evaluation per phase)."""
-    device: str = "auto"
-    """``"cpu"``, ``"cuda"`` or ``"auto"``."""
     seed: int = 0
     """Seed of the random backbone (``random_init``) and of the fixed evaluation subsets."""
-    distill_weight: float = 0.0
-    """Weight of the distillation term (:meth:`TorchLearner.protect`); ``0``: off."""
-    distill_temperature: float = 2.0
-    """Softmax temperature of the distillation term."""
-    distill_anchors: int = 32
-    """Anchor images per protected task; each update runs the backbone on all of them, so this
-    is far below the small backbones' 256."""
-    distill_max_tasks: int = 4
-    """Protect at most this many tasks, the most recently served."""
 
 
 class PretrainedLearner(TorchLearner):
@@ -333,28 +323,10 @@ class PretrainedLearner(TorchLearner):
     """
 
     def __init__(self, tasks: list[Task], config: PretrainedConfig | None = None) -> None:
-        from peft import LoraConfig, get_peft_model
-
         self.pretrained_config = pcfg = config or PretrainedConfig()
-        # TorchLearner's methods read these fields; ``fast=False`` is its reference path.
-        wanted = dict(
-            lora_rank=pcfg.lora_rank,
-            lora_alpha=pcfg.lora_alpha,
-            lr=pcfg.lr,
-            batch_size=pcfg.batch_size,
-            probe_size=pcfg.probe_size,
-            compression_rank=pcfg.compression_rank,
-            compression_energy=pcfg.compression_energy,
-            measure_truncation=pcfg.measure_truncation,
-            distill_weight=pcfg.distill_weight,
-            distill_temperature=pcfg.distill_temperature,
-            distill_anchors=pcfg.distill_anchors,
-            distill_max_tasks=pcfg.distill_max_tasks,
-            device="cpu",
-            fast=False,
-        )
-        known = TorchLearnerConfig.__dataclass_fields__
-        self.config = TorchLearnerConfig(**{k: v for k, v in wanted.items() if k in known})
+        # TorchLearner's methods read the shared fields; ``fast=False`` is its reference path.
+        shared = {f.name: getattr(pcfg, f.name) for f in fields(AdapterConfig)}
+        self.config = TorchLearnerConfig(**{**shared, "device": "cpu", "fast": False})
         self.tasks, self.n_tasks = tasks, len(tasks)
         self.device = resolve_device(pcfg.device)
         input_dim = tasks[0].input_dim
@@ -369,14 +341,7 @@ class PretrainedLearner(TorchLearner):
             pcfg.arch, pcfg.weights, side, pcfg.random_init, pcfg.seed
         )
         self.lora_targets = targets
-        lora = LoraConfig(
-            r=pcfg.lora_rank,
-            lora_alpha=pcfg.lora_alpha,
-            target_modules=targets,
-            lora_dropout=0.0,
-            bias="none",
-        )
-        self.model = get_peft_model(backbone, lora).to(self.device).eval()
+        self.model = add_lora(backbone, targets, pcfg).to(self.device).eval()
         # (A, B, scaling) per adapted layer as 2-D views: conv factors (r, in, kh, kw) and
         # (out, r, 1, 1) are seen as (r, in * kh * kw) and (out, r), which is the exact dW.
         self._lora = []
@@ -417,13 +382,7 @@ class PretrainedLearner(TorchLearner):
                 np.sort(rng.permutation(len(d[0]))[: pcfg.embed_pool]), device=self.device
             )
             feats.append(self._frozen_features(d[0][pool]))
-        centre = torch.cat(feats).mean(0)
-        self._features = [f - centre for f in feats]
-        self.key_dim = int(centre.numel())
-        self._gen = torch.Generator()
-        self._init_gen = torch.Generator()
-        self._rank = pcfg.lora_rank
-        self._teacher = []
+        self._init_probe_state(feats)
 
     def _frozen_features(self, x: torch.Tensor) -> torch.Tensor:
         chunk = self.pretrained_config.eval_batch_size

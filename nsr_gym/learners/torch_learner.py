@@ -4,7 +4,12 @@ Where the backbone's weights come from: a seeded Gaussian initialisation (``back
 scaled by ``1/sqrt(fan_in)``), fixed for the benchmark and frozen. It is a random-features
 backbone, deliberately weak for the tasks, so that what the adapters learn is what separates a
 trained subspace from a fresh one; ``nsr-gym lora-check`` measures how far a trained head alone
-on the frozen features falls behind (the numbers live in ``results/``).
+on the frozen features falls behind (the numbers live in ``results/``). For MNIST-1D's 40-sample
+signals, ``backbone="pretrained"`` is instead a small 1D CNN pretrained by ``nsr-gym pretrain``
+on signals no task uses and shipped in :mod:`nsr_gym.weights` (loaded only after its sha256
+matches); ``backbone="cnn1d"`` is the same CNN with seeded random weights, its control. A CNN's
+convolutional stem has no adapter, so the learner runs it once per input at construction and
+adapts the ``Linear`` layers above it.
 
 The active subspace is the LoRA factors on every ``Linear`` of the backbone plus a linear head
 that maps the backbone's features to the current task's classes. LoRA's ``B`` starts at zero, so
@@ -45,8 +50,18 @@ from torch import nn
 
 from nsr_gym.bank import compress_lora
 from nsr_gym.data import Task
-from nsr_gym.learners.backbones import BACKBONES, build_mlp, build_vit, frozen_prefix, lora_targets
+from nsr_gym.learners.backbones import (
+    BACKBONES,
+    CNN1D,
+    build_cnn1d,
+    build_mlp,
+    build_vit,
+    frozen_prefix,
+    load_pretrained,
+    lora_targets,
+)
 from nsr_gym.learners.base import Learner, UpdateReport
+from nsr_gym.learners.config import BOOL, STR, AdapterConfig, Rule, int_at_least, is_int, setting
 from nsr_gym.learners.fast import FastForward, FlatAdam
 
 #: Options that only describe the torch learner's network. The analytic backend ignores them, so
@@ -55,65 +70,42 @@ BACKBONE_OPTIONS = ("backbone", "hidden", "vit_patch", "vit_dim", "vit_depth", "
                     "lora_blocks")
 
 
-@dataclass(frozen=True)
-class TorchLearnerConfig:
-    """Settings of the torch backend; the defaults are the registered benchmarks'."""
+_WIDTHS = Rule(lambda v: isinstance(v, (list, tuple)) and len(v) > 0
+              and all(is_int(w) and w >= 1 for w in v),
+              "a non-empty list of layer widths >= 1, e.g. [64, 32]")
 
-    backbone: str = "mlp"
-    """``"mlp"`` (``hidden`` widths) or ``"vit"`` (a ViT-tiny-shaped transformer, ``vit_*``)."""
-    hidden: tuple[int, ...] = (64, 32)
+
+@dataclass(frozen=True)
+class TorchLearnerConfig(AdapterConfig):
+    """Settings of the torch backend (LoRA, optimiser, compression and distillation fields are
+    :class:`~nsr_gym.learners.config.AdapterConfig`'s); the defaults are the registered
+    benchmarks'."""
+
+    backbone: str = setting("mlp", STR)
+    """``"mlp"`` (``hidden`` widths), ``"vit"`` (a ViT-tiny-shaped transformer, ``vit_*``),
+    ``"cnn1d"`` (a 1D CNN with seeded random weights, for 40-sample signals) or
+    ``"pretrained"`` (that CNN with the weights shipped for the tasks' input width, see
+    :mod:`nsr_gym.weights`; ``backbone_seed`` does not apply)."""
+    hidden: tuple[int, ...] = setting((64, 32), _WIDTHS)
     """MLP: widths of the hidden layers; the last one is the feature dimension."""
-    vit_patch: int = 2
+    vit_patch: int = setting(2, int_at_least(1))
     """ViT: patch side in pixels (2: an 8x8 digit is 16 tokens of 4 pixels)."""
-    vit_dim: int = 32
+    vit_dim: int = setting(32, int_at_least(1))
     """ViT: token width, also the feature dimension."""
-    vit_depth: int = 12
+    vit_depth: int = setting(12, int_at_least(1))
     """ViT: transformer blocks (ViT-Ti's 12)."""
-    vit_heads: int = 2
+    vit_heads: int = setting(2, int_at_least(1))
     """ViT: attention heads."""
-    lora_blocks: int = 2
-    """ViT: LoRA on ``qkv``, ``proj``, ``fc1``, ``fc2`` of the top ``lora_blocks`` blocks."""
-    lora_rank: int = 4
-    """LoRA rank ``r`` on every adapted ``Linear`` (MLP: all of them)."""
-    lora_alpha: float = 4.0
-    """LoRA ``alpha``; the update is ``(alpha / r) B A``."""
-    lr: float = 5e-3
-    """Adam learning rate for adapter and head."""
-    batch_size: int = 32
-    """Training examples per update."""
-    probe_size: int = 64
-    """Examples in the probe batch whose mean frozen feature is the task embedding."""
-    compression_rank: int | None = None
-    """Rank budget of the bank's SVD compression (``None``: no budget)."""
-    compression_energy: float | None = 0.99
-    """Energy threshold of the SVD compression (``None``: keep every nonzero direction)."""
-    backbone_seed: int = 0
+    lora_blocks: int = setting(2, int_at_least(1))
+    """ViT: LoRA on ``qkv``, ``proj``, ``fc1``, ``fc2`` of the top ``lora_blocks`` blocks (the
+    MLP has LoRA on every ``Linear``)."""
+    backbone_seed: int = setting(0, int_at_least(0))
     """Seed of the frozen backbone's weights; part of the benchmark, not of a run."""
-    device: str = "cpu"
-    """``"cpu"``, ``"cuda"`` or ``"auto"`` (CUDA when present)."""
-    measure_truncation: bool = True
-    """Evaluate the compressed subspace at store time to report the truncation gap ``eps``."""
-    train_adapters: bool = True
+    train_adapters: bool = setting(True, BOOL)
     """``False`` trains the head alone on the frozen features (the "does LoRA matter" control)."""
-    fast: bool = True
+    fast: bool = setting(True, BOOL)
     """Hand-written forward on cached frozen activations and a flat Adam (same function and
     parameters as ``peft``); ``False`` runs the straightforward ``peft`` path, the reference."""
-    distill_weight: float = 0.0
-    """Weight of the distillation term that protects the tasks a loaded or kept subspace already
-    served (see :meth:`TorchLearner.protect`); ``0`` (the registered benchmarks') turns it off."""
-    distill_temperature: float = 2.0
-    """Softmax temperature ``T`` of the distillation term, which is scaled by ``T**2`` (Hinton et
-    al.) so that its gradient does not shrink as ``T`` grows."""
-    distill_anchors: int = 256
-    """Unlabelled inputs per protected task that the term reads: the first ``distill_anchors``
-    of the task's training set, a fixed coreset (``distill_anchors * input_dim * 4`` bytes per
-    task beside its bank entry; ``nsr-gym study distillation`` reports them). Fewer protect
-    less: the outputs stay put on the anchors but drift elsewhere (32 anchors keep almost none
-    of a Split-Digits task's test accuracy; 256 keep most)."""
-    distill_max_tasks: int = 16
-    """Protect at most this many tasks, the most recently served: every update runs the anchors
-    of all protected tasks, so a subspace kept across hundreds of tasks would otherwise cost
-    hundreds of forward passes per update."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -136,13 +128,33 @@ def build_backbone(input_dim: int, hidden: tuple[int, ...], seed: int) -> nn.Seq
 
 
 def make_backbone(input_dim: int, cfg: TorchLearnerConfig) -> tuple[nn.Module, int]:
-    """The frozen backbone ``cfg`` names and its feature dimension."""
+    """The frozen backbone ``cfg`` names and its feature dimension.
+
+    Raises:
+        ValueError: for an unknown backbone, or ``"pretrained"`` with no weights for
+            ``input_dim``.
+        nsr_gym.weights.WeightsError: when the shipped weights fail their checksum.
+    """
     if cfg.backbone == "mlp":
         return build_mlp(input_dim, cfg.hidden, cfg.backbone_seed), cfg.hidden[-1]
     if cfg.backbone == "vit":
         return build_vit(input_dim, cfg.vit_patch, cfg.vit_dim, cfg.vit_depth, cfg.vit_heads,
                          cfg.backbone_seed), cfg.vit_dim
+    if cfg.backbone in ("cnn1d", "pretrained"):
+        net = (build_cnn1d(input_dim, cfg.backbone_seed) if cfg.backbone == "cnn1d"
+               else load_pretrained(input_dim))
+        return net, net.feature_dim
     raise ValueError(f"unknown backbone {cfg.backbone!r}; choose one of {BACKBONES}")
+
+
+def add_lora(backbone: nn.Module, targets: list[str], cfg: AdapterConfig) -> nn.Module:
+    """``backbone`` wrapped by ``peft`` with rank-``cfg.lora_rank`` LoRA (no dropout, no bias) on
+    the named ``targets``; the backbone's own weights stay frozen."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=targets,
+                      lora_dropout=0.0, bias="none")
+    return get_peft_model(backbone, lora)
 
 
 class TorchLearner(Learner):
@@ -157,8 +169,6 @@ class TorchLearner(Learner):
     """
 
     def __init__(self, tasks: list[Task], config: TorchLearnerConfig | None = None) -> None:
-        from peft import LoraConfig, get_peft_model
-
         self.config = cfg = config or TorchLearnerConfig()
         self.tasks = tasks
         self.n_tasks = len(tasks)
@@ -168,10 +178,12 @@ class TorchLearner(Learner):
             raise ValueError("all tasks of a torch learner must share the same input dimension")
         self.n_classes = max(t.n_classes for t in tasks)
         backbone, feature_dim = make_backbone(input_dim, cfg)
+        # A CNN's stem has no adapter: it runs once per input below, and LoRA adapts its trunk.
+        self._stem = backbone.stem.to(self.device) if isinstance(backbone, CNN1D) else None
+        if isinstance(backbone, CNN1D):
+            backbone = backbone.trunk
         targets = lora_targets(backbone, cfg.lora_blocks)
-        lora = LoraConfig(r=cfg.lora_rank, lora_alpha=cfg.lora_alpha, target_modules=targets,
-                          lora_dropout=0.0, bias="none")
-        self.model = get_peft_model(backbone, lora).to(self.device)
+        self.model = add_lora(backbone, targets, cfg).to(self.device)
         # (A, B, scaling) per adapted layer, in forward order; these Parameters are never replaced.
         self._lora: list[tuple[nn.Parameter, nn.Parameter, float]] = []
         inner = self.model.base_model.model
@@ -191,11 +203,9 @@ class TorchLearner(Learner):
 
         # Data on the device once; the frozen features of every training input are cached once
         # (under no_grad, not inference_mode, so nothing here is barred from autograd later).
-        self._data = [
-            tuple(torch.as_tensor(a, device=self.device)
-                  for a in (t.x_train, t.y_train, t.x_test, t.y_test))
-            for t in tasks
-        ]
+        self._data = [(self._inputs(t.x_train), torch.as_tensor(t.y_train, device=self.device),
+                       self._inputs(t.x_test), torch.as_tensor(t.y_test, device=self.device))
+                      for t in tasks]
         with torch.no_grad(), self.model.disable_adapter():
             if cfg.fast:
                 # Frozen activations entering the lowest adapted layer, per task: (train, test);
@@ -206,6 +216,21 @@ class TorchLearner(Learner):
                 self._n_test = [np.float32(len(d[3])) for d in self._data]
             else:
                 feats = [self.model(d[0]) for d in self._data]
+        self._init_probe_state(feats)
+
+    def _inputs(self, x: np.ndarray) -> torch.Tensor:
+        """A task's inputs on the device, through the CNN stem when there is one (frozen, so
+        computed once)."""
+        out = torch.as_tensor(x, device=self.device)
+        if self._stem is None:
+            return out
+        with torch.no_grad():
+            return self._stem(out).contiguous()
+
+    def _init_probe_state(self, feats: list[torch.Tensor]) -> None:
+        """The state set after the backbone, shared with subclasses: task keys from each task's
+        frozen features ``feats`` (``(n_t, feature_dim)`` per task), the generators and the
+        (empty) distillation targets."""
         # Centre by the mean feature of the whole pool: raw ReLU features of different tasks all
         # point the same way (cosine ~0.9); centred ones separate, and the keys stay stable.
         centre = torch.cat(feats).mean(0)
@@ -216,7 +241,7 @@ class TorchLearner(Learner):
         self._teacher: list[tuple[tuple[torch.Tensor, ...], int, torch.Tensor]] = []
         self._gen = torch.Generator()  # data order: batches and probe batches
         self._init_gen = torch.Generator()  # fresh adapters and heads
-        self._rank = cfg.lora_rank
+        self._rank = self.config.lora_rank
 
     # ------------------------------------------------------------------ subspace management
     def reset(self, rng: np.random.Generator) -> None:
@@ -297,6 +322,17 @@ class TorchLearner(Learner):
                     a.copy_(a0)
                     b.copy_(b0)
         return payload, float(gap)
+
+    def payload_shapes(self) -> dict[str, tuple[int | None, ...]]:
+        """Payload name -> shape, ``None`` where the stored rank ``k`` goes (``1 <= k <= r``):
+        ``layer{i}.B`` ``(out, k)``, ``layer{i}.A`` ``(k, in)``, ``head.weight``, ``head.bias``."""
+        shapes: dict[str, tuple[int | None, ...]] = {}
+        for i, (a, b, _) in enumerate(self._lora):  # A (r, in), B (out, r)
+            shapes[f"layer{i}.B"] = (int(b.shape[0]), None)
+            shapes[f"layer{i}.A"] = (None, int(a.shape[1]))
+        shapes["head.weight"] = tuple(self.head.weight.shape)
+        shapes["head.bias"] = tuple(self.head.bias.shape)
+        return shapes
 
     def protect(self, task_ids: Sequence[int]) -> None:
         """Distil toward the active subspace as it is now on ``task_ids``' anchor inputs during

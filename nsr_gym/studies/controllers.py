@@ -12,8 +12,9 @@ controller for seed ``s`` is trained with seed ``TRAIN_SEED_OFFSET + s`` (its tr
 EvalCallback episodes never replay an evaluation episode), so the spread over seeds covers
 training as well as evaluation randomness.
 
-This module trains and evaluates; :mod:`agents.controller_tables` turns the step logs into the
-study's tables; ``nsr-gym study controllers`` (``nsr_gym/cli/study.py``) writes the files.
+This module trains and evaluates; :mod:`nsr_gym.studies.controller_tables` turns the step logs
+into the study's tables; :mod:`nsr_gym.studies.controllers_report` runs the study end to end
+(``nsr-gym study controllers``) and writes the files.
 """
 
 from __future__ import annotations
@@ -32,10 +33,10 @@ import gymnasium as gym
 import numpy as np
 import pandas as pd
 
-from agents.controller_tables import MEMORYLESS
-from agents.evaluation import rollout
-from agents.sb3_policy import SB3Policy, load_sb3_policy
-from agents.train import TrainConfig, full_env_id, obs_layout, train
+from nsr_gym.agents.evaluation import rollout
+from nsr_gym.agents.sb3_policy import SB3Policy, load_sb3_policy
+from nsr_gym.agents.train import TrainConfig, full_env_id, obs_layout, train
+from nsr_gym.studies.controller_tables import MEMORYLESS
 
 #: Training seed of study seed ``s``: ``TRAIN_SEED_OFFSET + s``.
 TRAIN_SEED_OFFSET = 1000
@@ -274,7 +275,7 @@ def benchmark_time_to_rule(
     """
     from stable_baselines3.common.callbacks import BaseCallback
 
-    from agents.policies import SimilarityRule
+    from nsr_gym.agents.policies import SimilarityRule
 
     env = make_eval_env("cyclic", "analytic")
     rule = float(np.mean([rollout(env, SimilarityRule(), s)["reward"].sum() for s in seeds]))

@@ -1,23 +1,28 @@
-"""Many analytic-backend episodes at once, vectorised over runs with numpy: the sweep engine.
+"""A vectorised re-statement of the analytic env, kept for the perf figure: many analytic
+episodes at once, numpy over runs.
 
-:func:`simulate_analytic` runs ``B`` episodes of :class:`~nsr_gym.envs.allocation.AllocationEnv`
-with ``backend="analytic"`` side by side (one seed, and optionally one analytic setting, per run)
-under one of the rule policies, with every per-step operation a numpy operation over the ``B``
-runs. It reproduces the env step for step: the same task stream and probe embeddings from the
-same seeds, the same bank semantics (reserve in place for a returning task, insert in the lowest
-empty slot, evict by ``lru``/``fifo``/``lfu``, ``reject``; loads count as uses), and the same
-rewards (to float rounding: ``tests/test_perf_batched.py`` checks 1e-12 against ``gymnasium.make``
-rollouts of the agents).
+This is a benchmark device, not an env. :func:`simulate_analytic` runs ``B`` episodes of
+:class:`~nsr_gym.envs.allocation.AllocationEnv` with ``backend="analytic"`` side by side (one seed,
+and optionally one analytic setting, per run) under one of the rule policies, every per-step
+operation a numpy operation over the ``B`` runs, so that ``nsr-gym perf`` can report what a
+batched analytic sweep costs (:func:`nsr_gym.studies.perf.batched_throughput`). It restates, on
+the batch's arrays, what the env, the bank and the rules do one run at a time: the same task
+stream (:func:`nsr_gym.streams.make_stream`) and probe embeddings from the same seeds, the same
+bank semantics (reserve in place for a returning task, insert in the lowest empty slot, evict by
+``lru``/``fifo``/``lfu``, ``reject``; loads count as uses), the rules' thresholds
+(:data:`nsr_gym.bank.SIMILARITY_THRESHOLD`, :data:`nsr_gym.agents.policies.SHIFT_THRESHOLD`) and
+the same rewards. ``tests/test_perf_batched.py`` checks it against the real env (``gymnasium.make``
+rollouts of the agents through :func:`nsr_gym.agents.evaluation.rollout`) to 1e-12; for anything
+else use the env.
 
 What it does not cover: ``eval_samples > 0`` draws its binomial evaluation noise from one batch
 generator (statistically, not bitwise, the env's), ``least_unique`` eviction, pinned entries,
-and learned policies (use the env for those).
+and learned policies.
 
-Policies, by the names of ``agents.RULE_AGENTS`` (the library does not import ``agents``; the
-rules are restated here on the batch's arrays): ``keep-current``, ``always-fresh``,
+Policies, by the names of ``agents.RULE_AGENTS``: ``keep-current``, ``always-fresh``,
 ``fixed-slot``, ``random-slot`` (its generator seeded with the run's seed, as ``rollout`` does),
-``round-robin``, ``similarity`` (threshold 0.5), ``oracle`` (fresh at a first
-visit) and ``oracle-keep`` (keep at a first visit: THEORY.md's comparator B).
+``round-robin``, ``similarity`` (recall at ``SIMILARITY_THRESHOLD``), ``oracle`` (fresh at a
+first visit) and ``oracle-keep`` (keep at a first visit: THEORY.md's comparator B).
 """
 
 from __future__ import annotations
@@ -28,15 +33,14 @@ from dataclasses import dataclass
 import numpy as np
 from gymnasium.utils import seeding
 
-from nsr_gym.bank import EVICTION_POLICIES
+from nsr_gym.agents.policies import SHIFT_THRESHOLD
+from nsr_gym.bank import EVICTION_POLICIES, SIMILARITY_THRESHOLD
 from nsr_gym.learners.analytic import AnalyticConfig, AnalyticLearner
 from nsr_gym.streams import make_stream
 
+#: The rules :func:`simulate_analytic` restates.
 POLICIES = ("keep-current", "always-fresh", "fixed-slot", "random-slot", "round-robin",
             "similarity", "oracle", "oracle-keep")
-#: ``task_shift`` above which the rules treat a step as a task change (``agents.SHIFT_THRESHOLD``).
-SHIFT_THRESHOLD = 0.1
-SIMILARITY_THRESHOLD = 0.5
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The controller study's tables: per-seed metrics, the summary with bootstrap CIs, the
 analytic-to-torch transfer gap, paired differences against the rule, and accuracy around task
-switches. Pure functions of the step logs that :mod:`agents.controller_study` collects.
+switches. Pure functions of the step logs that :mod:`nsr_gym.studies.controllers` collects.
 """
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from agents.policies import RULE_AGENTS
 from nsr_gym import metrics
+from nsr_gym.agents.policies import RULE_AGENTS
+from nsr_gym.stats import mean_ci
 
 #: The memoryless agents (THEORY.md's M0 and M1); the table shows the best of them.
 MEMORYLESS = ("keep-current", "always-fresh", "fixed-slot", "random-slot")
@@ -53,10 +54,10 @@ def table(runs: pd.DataFrame, main_agents: Iterable[str]) -> pd.DataFrame:
         mem = best.get((setting, backend))
         for agent in agents + ([mem] if mem else []):
             r = g[g["agent"] == agent]
-            ret, ret_lo, ret_hi = metrics.mean_ci(r["episode_return"].to_numpy())
-            rec, rec_lo, rec_hi = metrics.mean_ci(r["recovery"].to_numpy())
+            ret, ret_lo, ret_hi = mean_ci(r["episode_return"].to_numpy())
+            rec, rec_lo, rec_hi = mean_ci(r["recovery"].to_numpy())
             reg, reg_lo, reg_hi = (
-                metrics.mean_ci(r["regret"].to_numpy()) if "regret" in r else (np.nan,) * 3
+                mean_ci(r["regret"].to_numpy()) if "regret" in r else (np.nan,) * 3
             )
             rows.append(
                 {
@@ -106,7 +107,7 @@ def transfer_gap(runs: pd.DataFrame, learned: Iterable[str]) -> pd.DataFrame:
                 continue
             home = "torch" if "torch-trained" in agent else "analytic"
             away = "analytic" if home == "torch" else "torch"
-            gap, lo, hi = metrics.mean_ci((pct[home] - pct[away]).dropna().to_numpy())
+            gap, lo, hi = mean_ci((pct[home] - pct[away]).dropna().to_numpy())
             rows.append(
                 {
                     "setting": setting,
@@ -138,7 +139,7 @@ def paired_vs(runs: pd.DataFrame, learned: Iterable[str], reference: str | None)
             if a.empty or base.empty:
                 continue
             diff = (a - base).dropna().to_numpy()
-            m, lo, hi = metrics.mean_ci(diff)
+            m, lo, hi = mean_ci(diff)
             rows.append(
                 {
                     "setting": setting,
@@ -188,7 +189,7 @@ def switch_curves(steps: pd.DataFrame, before: int = 5, after: int = 20) -> pd.D
     for (setting, backend, agent, off), g in seeds.groupby(
         ["setting", "backend", "agent", "offset"], sort=False
     ):
-        m, lo, hi = metrics.mean_ci(g["accuracy"].to_numpy(), n_boot=500)
+        m, lo, hi = mean_ci(g["accuracy"].to_numpy(), n_boot=500)
         rows.append(
             {
                 "setting": setting,

@@ -3,15 +3,17 @@
 Every figure is a median over repeats, taken both in wall-clock time and in this process's CPU
 time (``time.process_time``): on a shared machine other jobs stretch the wall clock, while the
 CPU time is what the work itself costs. ``nsr-gym perf`` runs torch and numpy's BLAS on one
-thread (as the tests do), so the two agree on an idle machine. Sections:
+thread (as the tests do), so the two agree on an idle machine; :mod:`nsr_gym.studies.perf_report`
+runs them at the command's sizes and writes the report. Sections:
 
 * :func:`env_throughput`: env steps per second through ``gymnasium.make`` (wrappers included),
   fast torch path against the ``peft`` reference path, and the analytic backend;
 * :func:`compression`: :func:`~nsr_gym.bank.compress_lora` (QR + small SVD) against a dense SVD
   of ``B @ A`` at ``d x d``, for a range of LoRA ranks, with the reconstruction difference;
 * :func:`recall_latency`: exact top-1 recall over ``n`` stored keys (one query at a time);
-* :func:`batched_throughput`: the numpy-vectorised analytic sweep engine
-  (:func:`~nsr_gym.envs.batched.simulate_analytic`), steps per second against the batch size;
+* :func:`batched_throughput`: the numpy-vectorised analytic sweep
+  (:func:`~nsr_gym.studies.analytic_sweep.simulate_analytic`), steps per second against the
+  batch size;
 * :func:`bytes_per_task` and :func:`rank_scaling`: what a bank entry weighs and how step cost
   and entry size grow with the LoRA rank; :func:`task_scaling`: how step cost grows with the
   number of tasks the bank holds.
@@ -267,9 +269,9 @@ def task_scaling(n_tasks: Sequence[int] = (5, 20, 80), repeats: int = 3,
 def batched_throughput(batch_sizes: Sequence[int] = (1, 100, 1000, 10000),
                        policies: Sequence[str] = ("oracle", "similarity"),
                        repeats: int = 3) -> pd.DataFrame:
-    """Env steps per second of :func:`~nsr_gym.envs.batched.simulate_analytic` on the default
-    Split-Digits stream (600 steps per run), ``B`` seeds at once."""
-    from nsr_gym.envs.batched import simulate_analytic
+    """Env steps per second of :func:`~nsr_gym.studies.analytic_sweep.simulate_analytic` on the
+    default Split-Digits stream (600 steps per run), ``B`` seeds at once."""
+    from nsr_gym.studies.analytic_sweep import simulate_analytic
 
     rows = []
     for policy in policies:

@@ -49,9 +49,10 @@ from safetensors import safe_open
 from safetensors.numpy import load_file as np_load_file
 from safetensors.numpy import save_file as np_save_file
 
-from nsr_gym.bank import BankEntry, BankFormatError, TaskKnowledgeBank
-from nsr_gym.bank_files import _file_sha256 as _sha256
-from nsr_gym.bank_files import read_json
+from nsr_gym.atomic import atomic_path, atomic_write_text, sha256_file
+from nsr_gym.bank.core import TaskKnowledgeBank
+from nsr_gym.bank.entry import BankEntry
+from nsr_gym.bank.files import BankFormatError, read_json
 
 DISKBANK_FORMAT_VERSION: int = 1
 _MANIFEST = "manifest.json"
@@ -101,7 +102,7 @@ class DiskBank:
         self._n = 0
         if m["index"] is not None:
             ipath = self.root / m["index"]["file"]
-            if not ipath.is_file() or _sha256(ipath) != m["index"]["sha256"]:
+            if not ipath.is_file() or sha256_file(ipath) != m["index"]["sha256"]:
                 raise _fail(ipath, "index file is missing or its sha256 differs from the "
                                    "manifest's")
             idx = np_load_file(str(ipath))
@@ -323,7 +324,7 @@ class DiskBank:
         manifest = {"kind": _KIND, "format_version": DISKBANK_FORMAT_VERSION,
                     "key_dim": self.key_dim, "shard_size": self.shard_size,
                     "generation": self._gen, "n_entries": n,
-                    "index": {"file": ipath.name, "sha256": _sha256(ipath)},
+                    "index": {"file": ipath.name, "sha256": sha256_file(ipath)},
                     "shards": self._shards}
         _atomic_json(self.root / _MANIFEST, manifest)
         named = {ipath.name} | {s["file"] for s in self._shards}
@@ -339,7 +340,7 @@ class DiskBank:
         """
         for s in self._shards:
             p = self.root / "shards" / s["file"]
-            if not p.is_file() or _sha256(p) != s["sha256"]:
+            if not p.is_file() or sha256_file(p) != s["sha256"]:
                 raise _fail(p, "shard is missing or its sha256 differs from the manifest's")
 
     def close(self) -> None:
@@ -424,7 +425,7 @@ class DiskBank:
         path = self.root / "shards" / f"{shard:06d}-{self._gen + 1:06d}-{n:05d}.safetensors"
         _atomic_save(path, stacked)
         record = {"file": path.name, "n_entries": n, "bytes": path.stat().st_size,
-                  "sha256": _sha256(path), "groups": groups}
+                  "sha256": sha256_file(path), "groups": groups}
         if shard < len(self._shards):
             self._shards[shard] = record
             self._open.pop(shard, None)
@@ -435,21 +436,11 @@ class DiskBank:
 
 
 def _atomic_save(path: Path, tensors: dict[str, np.ndarray]) -> None:
-    """Write, fsync, then rename, so the manifest naming the file is written after it is on disk."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    np_save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
-    fd = os.open(tmp, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    """Write a safetensors file atomically (:func:`nsr_gym.atomic.atomic_path`: fsynced, then
+    renamed), so the manifest naming the file is written after it is on disk."""
+    with atomic_path(path) as tmp:
+        np_save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
 
 
 def _atomic_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, separators=(",", ":")))

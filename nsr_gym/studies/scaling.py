@@ -15,34 +15,36 @@ Each measurement is a *unit function* ``fn(unit) -> list of row dicts`` over an
   new task is taken for a stored one, hit rate, bank bytes.
 * :func:`recall_stats`: the recall metrics of a set of keys and queries, through
   :class:`~nsr_gym.bank.TaskKnowledgeBank` itself.
-* :func:`permuted_digit_keys`: TorchLearner's embedding recipe vectorised for 1e5 tasks (keys of
-  the disk-bank measurement, :func:`measure_diskbank`).
 
-This module imports nothing from ``agents``: :func:`env_unit` takes the policy factories.
+The disk-bank measurement is :mod:`nsr_gym.studies.scaling_diskbank`'s.
+
+:func:`env_unit` takes the policy factories, so the same unit serves every study's agents; its
+episode runs through :func:`nsr_gym.agents.evaluation.rollout`. The study's plan, sections and
+files are in :mod:`nsr_gym.studies.scaling_study`, its report in
+:mod:`nsr_gym.studies.scaling_report`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
 import time
 from collections.abc import Callable, Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from nsr_gym.bank import BankEntry, TaskKnowledgeBank
+from nsr_gym.bank import SIMILARITY_THRESHOLD, BankEntry, TaskKnowledgeBank
 from nsr_gym.data import Task, load_digits_split, permuted_digits
+from nsr_gym.envs import env_id
 from nsr_gym.envs.allocation import LOAD_OFFSET
 from nsr_gym.executors import Unit
+from nsr_gym.studies.threads import torch_threads
 
 Rows = list[dict[str, Any]]
 
-#: Cosine below which NSR's similarity rule treats a task as new (``agents.SimilarityRule``).
-NOVELTY_THRESHOLD = 0.5
+#: The long-horizon benchmark of the scaling and novelty studies.
+LONG = env_id("LongHorizonPermutedDigits")
 
 
 # ----------------------------------------------------------------------------- recall metrics
@@ -54,7 +56,7 @@ def _unit_rows(x: np.ndarray) -> np.ndarray:
 
 
 def recall_stats(keys: np.ndarray, queries: np.ndarray, novel: np.ndarray | None = None,
-                 threshold: float = NOVELTY_THRESHOLD) -> dict[str, float]:
+                 threshold: float = SIMILARITY_THRESHOLD) -> dict[str, float]:
     """Recall quality of ``n`` stored keys probed by a fresh embedding of the same tasks.
 
     Args:
@@ -112,11 +114,15 @@ def torch_recall_unit(unit: Unit) -> Rows:
     ``n_novel`` the new tasks; the pool centre is that of all of them, as in a benchmark of that
     many tasks.
     """
+    with torch_threads(1):
+        return _torch_recall_rows(unit)
+
+
+def _torch_recall_rows(unit: Unit) -> Rows:
     from nsr_gym.learners.torch_learner import TorchLearner
 
     s = unit.setting
     n_max, n_novel = max(s["n_stored"]), int(s["n_novel"])
-    torch.set_num_threads(1)
     learner = TorchLearner(permuted_digits(n_max + n_novel))
     rows = []
     try:
@@ -162,11 +168,15 @@ def torch_similarity_unit(unit: Unit) -> Rows:
     Setting: ``fraction`` (of pixels each task permutes), ``n_stored`` (list), ``n_novel``,
     ``probe_size``.
     """
+    with torch_threads(1):
+        return _torch_similarity_rows(unit)
+
+
+def _torch_similarity_rows(unit: Unit) -> Rows:
     from nsr_gym.learners.torch_learner import TorchLearner, TorchLearnerConfig, build_backbone
 
     s = unit.setting
     n_max, n_novel = max(s["n_stored"]), int(s["n_novel"])
-    torch.set_num_threads(1)
     tasks = partial_permutation_tasks(n_max + n_novel, float(s["fraction"]))
     cfg = TorchLearnerConfig(probe_size=int(s["probe_size"]))
     learner = TorchLearner(tasks, cfg)
@@ -242,16 +252,16 @@ def env_unit(unit: Unit, policies: Mapping[str, Callable[[], Any]]) -> Rows:
     from nsr_gym import metrics
 
     s = unit.setting
-    torch.set_num_threads(1)
-    t0 = time.perf_counter()
-    env = gym.make(s["env_id"], **s["env_kwargs"])
-    capacity = env.unwrapped.capacity
-    policy = policies[unit.agent]()
-    try:
-        steps, events = _episode(env, policy, unit.seed)
-    finally:
-        env.close()
-    wall = time.perf_counter() - t0
+    with torch_threads(1):
+        t0 = time.perf_counter()
+        env = gym.make(s["env_id"], **s["env_kwargs"])
+        capacity = env.unwrapped.capacity
+        policy = policies[unit.agent]()
+        try:
+            steps, events = _episode(env, policy, unit.seed)
+        finally:
+            env.close()
+        wall = time.perf_counter() - t0
     summary = metrics.summarize_run(steps).as_dict()
     phases = metrics.phase_table(steps)
     revisit = events[events["revisit"]]
@@ -265,7 +275,7 @@ def env_unit(unit: Unit, policies: Mapping[str, Callable[[], Any]]) -> Rows:
         **dict(s.get("tags", {})), "agent": unit.agent, "seed": unit.seed, **summary,
         "precision_at_1": _rate(stored["top1"] == stored["true_slot"]),
         "hit_rate": float(len(stored) / len(revisit)) if len(revisit) else np.nan,
-        "false_recall": _rate(first["max_cos"] >= NOVELTY_THRESHOLD),
+        "false_recall": _rate(first["max_cos"] >= SIMILARITY_THRESHOLD),
         "warm_start_rate": _rate(first["action"] >= LOAD_OFFSET),
         "revisit_recall_rate": _rate(stored["action"] == LOAD_OFFSET + stored["true_slot"]),
         "acc_first_visits": float(phases.loc[phases["visit"] == 1, "acc_mean"].mean()),
@@ -299,201 +309,38 @@ def stack_distances(tasks: np.ndarray) -> np.ndarray:
     return out
 
 
+#: The step log's columns that :func:`env_unit` reads (``reward`` besides).
+_STEP_KEYS = ["phase", "step_in_phase", "task_id", "visit", "accuracy", "zero_shot_accuracy",
+              "switched", "bank_entries", "bank_bytes", "truncation_gap"]
+
+
 def _episode(env: Any, policy: Any, seed: int) -> tuple[Any, Any]:
-    """Roll one episode like ``agents.rollout`` and log, at each phase start, what recall saw."""
-    import pandas as pd
-
-    if hasattr(policy, "reset"):
-        policy.reset(seed)
-    obs, info = env.reset(seed=seed)
-    observe = getattr(policy, "observe", None)
-    if observe is not None:
-        observe(info)
-    rows: list[dict[str, Any]] = []
-    events: list[dict[str, Any]] = []
-    seen: set[int] = set()
-    done = False
-    while not done:
-        if info["next_is_phase_start"]:
-            task = int(info["next_task_id"])
-            occ = obs["occupied"] > 0
-            sims = np.where(occ, obs["similarity"], -np.inf)
-            events.append({"task": task, "revisit": task in seen,
-                           "true_slot": int(info["next_task_slot"]), "n_occupied": int(occ.sum()),
-                           "top1": int(np.argmax(sims)) if occ.any() else -1,
-                           "max_cos": float(sims.max()) if occ.any() else np.nan})
-            seen.add(task)
-        action, _ = policy.predict(obs, deterministic=True)
-        action = int(np.asarray(action).reshape(-1)[0])
-        if info["next_is_phase_start"]:
-            events[-1]["action"] = action
-        obs, reward, terminated, truncated, info = env.step(action)
-        if observe is not None:
-            observe(info)
-        rows.append({k: info[k] for k in ("phase", "step_in_phase", "task_id", "visit",
-                                          "accuracy", "zero_shot_accuracy", "switched",
-                                          "bank_entries", "bank_bytes", "truncation_gap")}
-                    | {"reward": float(reward)})
-        done = terminated or truncated
-    return pd.DataFrame(rows), pd.DataFrame(events)
-
-
-# ----------------------------------------------------------------------------- the disk bank
-
-
-def permuted_digit_keys(n_tasks: int, seed: int = 0, probe_size: int = 64, n_probes: int = 2,
-                        first: int = 0, centre_tasks: int = 1000, batch: int = 512) -> np.ndarray:
-    """``(n_probes, n_tasks, 32)`` float32 embeddings of permuted-digit tasks ``first ..
-    first + n_tasks - 1``: TorchLearner.embed's recipe (the mean frozen feature of a random
-    ``probe_size`` batch of the task's training inputs, centred), vectorised so that 1e5 tasks
-    take a minute. The permutations are :func:`nsr_gym.data.permuted_digits`'s; the centre is the
-    mean feature of the first ``centre_tasks`` tasks' training sets (a TorchLearner over that
-    many tasks centres by exactly this).
-    """
-    from nsr_gym.learners.torch_learner import TorchLearnerConfig, build_backbone
-
-    cfg = TorchLearnerConfig()
-    x_tr = torch.from_numpy(np.ascontiguousarray(load_digits_split()[0]))
-    backbone = build_backbone(64, cfg.hidden, cfg.backbone_seed)
-
-    def perm(t: int) -> np.ndarray:
-        return np.arange(64) if t == 0 else np.random.default_rng([0, t]).permutation(64)
-
-    with torch.no_grad():
-        centre = torch.stack([backbone(x_tr[:, perm(t)]).mean(0)
-                              for t in range(centre_tasks)]).mean(0)
-        g = torch.Generator().manual_seed(seed)
-        out = np.empty((n_probes, n_tasks, centre.numel()), dtype=np.float32)
-        for lo in range(0, n_tasks, batch):
-            ids = range(first + lo, first + min(lo + batch, n_tasks))
-            perms = torch.from_numpy(np.stack([perm(t) for t in ids]))  # (b, 64)
-            for p in range(n_probes):
-                # A probe batch without replacement per task, as TorchLearner.embed draws it.
-                rows = torch.rand(len(ids), len(x_tr), generator=g).argsort(1)[:, :probe_size]
-                x = x_tr[rows]  # (b, probe, 64)
-                x = torch.gather(x, 2, perms[:, None, :].expand(-1, probe_size, -1))
-                out[p, lo:lo + len(ids)] = (backbone(x).mean(1) - centre).numpy()
-    return out
-
-
-def real_entry_shapes(ranks: int = 4) -> dict[str, tuple[int, ...]]:
-    """Tensor shapes of one bank entry of the default torch learner (64-64-32 MLP, LoRA rank
-    ``ranks`` kept, 10-way head): about 4.9 KB in float32."""
-    return {"layer0.B": (64, ranks), "layer0.A": (ranks, 64), "layer1.B": (32, ranks),
-            "layer1.A": (ranks, 64), "head.weight": (10, 32), "head.bias": (10,)}
-
-
-def paper_entry_shapes(layers: int = 12, width: int = 768,
-                       rank: int = 4) -> dict[str, tuple[int, ...]]:
-    """A paper-scale entry: rank-``rank`` LoRA factors on ``layers`` ``width x width`` layers
-    (the default: 0.29 MB, the issue's figure)."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    for i in range(layers):
-        shapes[f"layer{i}.B"], shapes[f"layer{i}.A"] = (width, rank), (rank, width)
-    return shapes
-
-
-def _evict_page_cache(root: Path) -> bool:
-    """Ask the OS to drop the cached pages of the bank's shard files (cold reads)."""
-    if not hasattr(os, "posix_fadvise"):
-        return False
-    for p in (root / "shards").glob("*.safetensors"):
-        fd = os.open(p, os.O_RDONLY)
-        try:
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
-    return True
-
-
-def measure_diskbank(root: str | os.PathLike, n_entries: int, shapes: Mapping[str, tuple[int, ...]],
-                     keys: np.ndarray | None = None, queries: np.ndarray | None = None,
-                     seed: int = 0, shard_size: int = 1024, n_loads: int = 1000,
-                     n_queries: int = 2000, keep: bool = False,
-                     progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Write a DiskBank of ``n_entries`` synthetic entries (random tensors of ``shapes``), reopen
-    it and time recall and loads; the bank is deleted afterwards unless ``keep``.
-
-    Args:
-        root: Directory for the bank (must not exist).
-        n_entries: Entries to write.
-        shapes: Name -> shape of each entry's float32 tensors.
-        keys: ``(n_entries, d)`` keys (default: Gaussian, ``d = 32``); ``queries`` ``(n, d)``
-            probes of the same tasks give precision@1 (of ``n_queries`` of them).
-        seed: Seed of the synthetic contents and of the sampled ids.
-        shard_size: Entries per shard file.
-        n_loads: Entries loaded per latency measurement.
-        n_queries: Recall queries timed (and scored when ``queries`` is given).
-        keep: Keep the bank on disk.
-        progress: Called with the number of entries written so far.
+    """One episode through :func:`nsr_gym.agents.evaluation.rollout`, and, at each phase start,
+    what recall saw and what the policy did with it.
 
     Returns:
-        Sizes (bytes on disk, in-memory index bytes, bytes allocated by opening the bank), write
-        rate, open time, recall latency (one query; a batch), precision@1, and load latency
-        (median, p90, p99 in ms) warm (page cache) and cold (shard pages dropped with
-        ``posix_fadvise``, shards reopened).
+        The step log (``_STEP_KEYS`` and ``reward``, one row per step) and one row per phase:
+        ``task``, ``revisit``, ``true_slot`` (the task's entry, ``-1`` when none),
+        ``n_occupied``, ``top1`` (the best slot by cosine), ``max_cos`` and ``action``.
     """
-    from nsr_gym.diskbank import DiskBank
+    import pandas as pd
 
-    root = Path(root)
-    rng = np.random.default_rng(seed)
-    if keys is None:
-        keys = rng.standard_normal((n_entries, 32), dtype=np.float32)
-    entry_bytes = sum(4 * int(np.prod(s)) for s in shapes.values())
-    t0 = time.perf_counter()
-    bank = DiskBank.create(root, keys.shape[1], shard_size=shard_size)
-    for lo in range(0, n_entries, shard_size):
-        n = min(shard_size, n_entries - lo)
-        stacked = {k: rng.standard_normal((n, *s), dtype=np.float32) for k, s in shapes.items()}
-        bank.append_many(keys[lo:lo + n], ({k: v[j] for k, v in stacked.items()} for j in range(n)),
-                         owners=range(lo, lo + n))
-        if progress is not None:
-            progress(lo + n)
-    bank.commit()
-    write_s = time.perf_counter() - t0
-    disk = bank.disk_bytes
-    del bank
+    from nsr_gym.agents.evaluation import rollout
 
-    import tracemalloc
+    events: list[dict[str, Any]] = []
+    seen: set[int] = set()
 
-    tracemalloc.start()  # numpy reports its allocations: what opening the bank keeps in memory
-    t0 = time.perf_counter()
-    bank = DiskBank(root)
-    open_s = time.perf_counter() - t0
-    open_bytes = tracemalloc.get_traced_memory()[0]
-    tracemalloc.stop()
-    qids = rng.choice(n_entries, size=min(n_queries, n_entries), replace=False)
-    probe = queries[qids] if queries is not None else keys[qids]
-    t0 = time.perf_counter()
-    for q in probe[:200]:
-        bank.recall(q, 1)
-    recall_ms = (time.perf_counter() - t0) / min(200, len(probe)) * 1e3
-    t0 = time.perf_counter()
-    top1 = bank.recall_many(probe)
-    batch_ms = (time.perf_counter() - t0) / len(probe) * 1e3
-    out: dict[str, Any] = {
-        "n_entries": n_entries, "entry_bytes": entry_bytes, "key_dim": int(keys.shape[1]),
-        "shard_size": shard_size, "disk_bytes": disk, "index_bytes_in_memory": bank.memory_bytes,
-        "allocated_on_open_bytes": open_bytes, "write_s": round(write_s, 2),
-        "write_mb_per_s": round(disk / 1e6 / write_s, 1), "open_s": round(open_s, 4),
-        "recall_ms": round(recall_ms, 4), "recall_batch_ms_per_query": round(batch_ms, 5),
-        "precision_at_1": float(np.mean(top1 == qids)) if queries is not None else np.nan,
-    }
-    ids = rng.choice(n_entries, size=min(n_loads, n_entries), replace=False)
-    for mode in ("cold", "warm"):
-        if mode == "cold":
-            bank.close()
-            out["cold_is_uncached"] = _evict_page_cache(root)
-        times = []
-        for i in ids:
-            t0 = time.perf_counter()
-            tensors = bank.get_tensors(int(i))
-            times.append(time.perf_counter() - t0)
-            assert len(tensors) == len(shapes)
-        ms = np.array(times) * 1e3
-        for name, qv in (("p50", 50), ("p90", 90), ("p99", 99)):
-            out[f"load_{mode}_{name}_ms"] = round(float(np.percentile(ms, qv)), 4)
-    bank.close()
-    if not keep:
-        shutil.rmtree(root, ignore_errors=True)
-    return out
+    def at_decision(obs: dict[str, np.ndarray], info: dict[str, Any], action: int) -> None:
+        if not info["next_is_phase_start"]:
+            return
+        task = int(info["next_task_id"])
+        occ = obs["occupied"] > 0
+        sims = np.where(occ, obs["similarity"], -np.inf)
+        events.append({"task": task, "revisit": task in seen,
+                       "true_slot": int(info["next_task_slot"]), "n_occupied": int(occ.sum()),
+                       "top1": int(np.argmax(sims)) if occ.any() else -1,
+                       "max_cos": float(sims.max()) if occ.any() else np.nan, "action": action})
+        seen.add(task)
+
+    log = rollout(env, policy, seed, before_step=at_decision)
+    return log[[*_STEP_KEYS, "reward"]], pd.DataFrame(events)

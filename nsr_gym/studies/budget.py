@@ -141,51 +141,33 @@ def compression_sweep(
 # ----------------------------------------------------------------------------- eviction
 
 
+#: The step log's columns the eviction study reads (``reward`` and ``status`` besides).
+_STEP_KEYS = ["phase", "step_in_phase", "task_id", "visit", "accuracy", "zero_shot_accuracy",
+              "switched", "bank_bytes", "bank_entries"]
+
+
 def _episode(env: Any, policy: Any, seed: int) -> pd.DataFrame:
-    """Roll out one episode; per step, the info fields and the state of the task's entry."""
-    base = env.unwrapped
-    if hasattr(policy, "reset"):
-        policy.reset(seed)
-    obs, info = env.reset(seed=seed)
-    observe = getattr(policy, "observe", None)
-    if observe is not None:
-        observe(info)
-    stored: set[int] = set()
-    rows, done = [], False
-    while not done:
+    """One episode through :func:`nsr_gym.agents.evaluation.rollout`; per step, the log's
+    ``_STEP_KEYS``, ``reward`` and ``status``: the state of the served task's entry when the step
+    was decided (``retained``, ``evicted`` or ``never stored``)."""
+    from nsr_gym.agents.evaluation import rollout
+
+    stored: set[int] = set()  # tasks whose entry was in the bank at the end of one of their phases
+    statuses: list[str] = []
+    previous: list[int] = []  # the task of the step before (none at the first decision)
+
+    def at_decision(obs: dict[str, np.ndarray], info: dict[str, Any], action: int) -> None:
+        bank = env.unwrapped.bank
+        # ``info`` and the bank are as the previous step left them: was its task stored?
+        if previous and info["phase_end"] and bank.slot_of_owner(previous[-1]) is not None:
+            stored.add(previous[-1])
         task = int(info["next_task_id"])
-        status = (
-            "retained"
-            if base.bank.slot_of_owner(task) is not None
-            else "evicted"
-            if task in stored
-            else "never stored"
-        )
-        action, _ = policy.predict(obs, deterministic=True)
-        obs, reward, terminated, truncated, info = env.step(int(np.asarray(action).reshape(-1)[0]))
-        if observe is not None:
-            observe(info)
-        if info["phase_end"] and base.bank.slot_of_owner(task) is not None:
-            stored.add(task)
-        rows.append(
-            {
-                k: info[k]
-                for k in (
-                    "phase",
-                    "step_in_phase",
-                    "task_id",
-                    "visit",
-                    "accuracy",
-                    "zero_shot_accuracy",
-                    "switched",
-                    "bank_bytes",
-                    "bank_entries",
-                )
-            }
-            | {"reward": float(reward), "status": status}
-        )
-        done = terminated or truncated
-    return pd.DataFrame(rows)
+        statuses.append("retained" if bank.slot_of_owner(task) is not None
+                        else "evicted" if task in stored else "never stored")
+        previous.append(task)
+
+    log = rollout(env, policy, seed, before_step=at_decision)
+    return log[[*_STEP_KEYS, "reward"]].assign(status=statuses)
 
 
 def eviction_study(

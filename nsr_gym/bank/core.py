@@ -1,11 +1,16 @@
-"""The TaskKnowledgeBank: compress, reserve and recall LoRA subspaces (NSR cycle, steps 1-3).
+"""The TaskKnowledgeBank: reserve and recall LoRA subspaces in fixed slots (NSR cycle, 2-3).
 
-A bank holds at most ``K`` entries in fixed slots. Each entry is keyed by a task embedding and
-carries a payload of tensors (compressed LoRA factors, a task head, or an analytic learner's
-state). Slot indices never change while an entry lives, because agents address slots directly
-("load slot k"). Compression lives in :mod:`nsr_gym.compression` and the files in
-:mod:`nsr_gym.bank_files` (``bank.safetensors`` plus a checksummed ``manifest.json``, written
-atomically, read without pickle); both are re-exported here.
+A bank holds at most ``K`` entries (:class:`~nsr_gym.bank.entry.BankEntry`) in fixed slots. Each
+entry is keyed by a task embedding and carries a payload of tensors (compressed LoRA factors, a
+task head, or an analytic learner's state). Slot indices never change while an entry lives,
+because agents address slots directly ("load slot k"). The bank keeps its own
+:class:`~nsr_gym.bank.view.BankView` (the per-slot arrays an observation reads) current on every
+write. Its files are :mod:`nsr_gym.bank.files`' (``bank.safetensors`` plus a checksummed
+``manifest.json``, written atomically, read without pickle), which :meth:`TaskKnowledgeBank.save`
+and :meth:`TaskKnowledgeBank.load` call.
+
+Imports inside the package point one way: ``core`` imports ``entry``, ``files`` and ``view``,
+which import only ``entry``; ``geometry`` and ``disk`` import ``core``.
 """
 
 from __future__ import annotations
@@ -13,60 +18,22 @@ from __future__ import annotations
 import math
 import operator
 import os
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
 
-from nsr_gym.bank_files import (BANK_FORMAT_VERSION, KEY_TENSOR, READABLE_BANK_VERSIONS,
-                                BankFormatError, load_bank, save_bank)
-from nsr_gym.compression import compress_lora, dense_truncated_svd
+from nsr_gym.bank.entry import BankEntry, unique_ids
+from nsr_gym.bank.files import KEY_TENSOR, load_bank, save_bank
+from nsr_gym.bank.view import BankView
 
 EVICTION_POLICIES: tuple[str, ...] = ("lru", "fifo", "lfu", "least_unique", "reject")
 
-__all__ = ["BANK_FORMAT_VERSION", "EVICTION_POLICIES", "READABLE_BANK_VERSIONS", "BankEntry",
-           "BankFormatError", "TaskKnowledgeBank", "compress_lora", "dense_truncated_svd"]
+#: Recall's novelty threshold: a task whose best cosine with every key is below this counts as
+#: unlike anything stored (NSR's similarity rule starts a fresh subspace for it).
+SIMILARITY_THRESHOLD: float = 0.5
 
-
-# ----------------------------------------------------------------------------- the bank
-
-
-@dataclass(eq=False)  # identity equality: field-wise == is ill-defined for arrays and tensors
-class BankEntry:
-    """One reserved subspace.
-
-    Attributes:
-        key: ``(d,)`` float32 task embedding, raw (the bank normalises its own copy).
-        tensors: payload, any names and shapes (float32 by convention).
-        owner: task id the entry was stored under (ground truth, never shown to agents).
-        tasks_served: task ids trained into this entry, in order, unique.
-        usage: number of times the entry was loaded.
-        created_step: env step of the insert.
-        last_used_step: env step of the last insert, update or load.
-        inserted_order: monotone insertion counter (FIFO order).
-        pinned: pinned entries are never evicted.
-    """
-
-    key: np.ndarray
-    tensors: dict[str, torch.Tensor]
-    owner: int
-    tasks_served: list[int]
-    usage: int = 0
-    created_step: int = 0
-    last_used_step: int = 0
-    inserted_order: int = 0
-    pinned: bool = False
-
-    @property
-    def nbytes(self) -> int:
-        """Exact payload size in bytes: all tensor elements plus the key."""
-        payload = sum(t.numel() * t.element_size() for t in self.tensors.values())
-        return payload + int(self.key.nbytes)
-
-
-def _unique(ids: list[int]) -> list[int]:
-    return list(dict.fromkeys(int(i) for i in ids))
+__all__ = ["EVICTION_POLICIES", "SIMILARITY_THRESHOLD", "BankEntry", "TaskKnowledgeBank"]
 
 
 class TaskKnowledgeBank:
@@ -93,13 +60,28 @@ class TaskKnowledgeBank:
         self._keys = np.zeros((self.capacity, self.key_dim), dtype=np.float32)
         self._next_order = 0  # persisted, so FIFO order survives a save/load round trip
         self._version = 0  # bumped by every write, load or pin: lets callers cache derived views
+        self._view: BankView | None = None  # built on first use, then kept current by writes
 
     @property
     def version(self) -> int:
         """A counter bumped by every change made through the bank's methods (insert, update,
-        touch, pin, load), so per-step views of the bank (the env's observation) are rebuilt
-        only when it changed. Change entries through these methods, not by assigning fields."""
+        touch, pin, restore, ...), so values derived from the bank can be cached until it
+        changes. Change entries through these methods, not by assigning fields."""
         return self._version
+
+    @property
+    def next_inserted_order(self) -> int:
+        """The ``inserted_order`` the next insert gets (saved with the bank, so FIFO order
+        survives a save/load round trip; :meth:`restore` sets it back)."""
+        return self._next_order
+
+    @property
+    def view(self) -> BankView:
+        """The per-slot arrays an observation reads (occupied, last use, usage, owners, size),
+        built on first use and kept current by every write made through the bank's methods."""
+        if self._view is None:
+            self._view = BankView(self)
+        return self._view
 
     def __len__(self) -> int:
         return sum(e is not None for e in self.slots)
@@ -189,12 +171,33 @@ class TaskKnowledgeBank:
         if slot is None:
             return None, None
         evicted = None if empty else self.slots[slot]
-        entry.tasks_served = _unique(entry.tasks_served)
-        entry.created_step = entry.last_used_step = int(step)
-        entry.inserted_order = self._next_order
-        self._next_order += 1
-        self._place(slot, entry)
+        self._admit(slot, entry, step)
         return slot, evicted
+
+    def write(self, slot: int, entry: BankEntry, step: int) -> BankEntry | None:
+        """Store ``entry`` in ``slot`` whatever it holds: a retention decision made by the caller
+        (an env's agent, ``retention="agent"``), not by the eviction policy.
+
+        When ``slot`` holds an entry of the same ``owner``, ``entry`` updates it in place
+        (:meth:`update`: its usage, pin, insertion order and creation step are kept). Otherwise
+        whatever is there is replaced and ``entry`` gets the fields :meth:`insert` gives (created
+        and last used at ``step``, the next insertion order). Pins and the eviction policy play no
+        part: the caller chose the slot.
+
+        Returns:
+            The entry replaced (another owner's), or None (the slot was empty, or updated in place).
+
+        Raises:
+            IndexError: for a slot out of range; ValueError for an invalid entry.
+        """
+        k = self._index(slot)
+        old = self.slots[k]
+        if old is not None and old.owner == entry.owner:
+            self.update(k, entry, step)
+            return None
+        self._check_entry(entry)
+        self._admit(k, entry, step)
+        return old
 
     def insert_many(self, entries: Iterable[BankEntry], step: int) -> list[int]:
         """Store ``entries`` in the empty slots, lowest first, in one pass; no eviction.
@@ -220,7 +223,7 @@ class TaskKnowledgeBank:
             stored.add(id(entry))
         slots = empty[: len(entries)]
         for slot, entry in zip(slots, entries, strict=True):
-            entry.tasks_served = _unique(entry.tasks_served)
+            entry.tasks_served = unique_ids(entry.tasks_served)
             entry.created_step = entry.last_used_step = int(step)
             entry.inserted_order = self._next_order
             self._next_order += 1
@@ -232,6 +235,7 @@ class TaskKnowledgeBank:
                              dtype=np.float32)[:, None]
             self._keys[slots] = np.divide(keys, norms, out=np.zeros_like(keys), where=norms > 0)
             self._version += 1
+            self._view = None  # rebuilt on next use: one O(K) pass for the whole batch
         return slots
 
     def update(self, slot: int, entry: BankEntry, step: int) -> None:
@@ -245,7 +249,7 @@ class TaskKnowledgeBank:
             entry.key = self._as_key(entry.key, "entry.key")
         # Read everything kept before writing anything: ``entry`` may be ``old`` itself.
         kept = (old.usage, old.pinned, old.inserted_order, old.created_step)
-        entry.tasks_served = _unique(list(old.tasks_served) + list(entry.tasks_served))
+        entry.tasks_served = unique_ids(list(old.tasks_served) + list(entry.tasks_served))
         entry.usage, entry.pinned, entry.inserted_order, entry.created_step = kept
         entry.last_used_step = int(step)
         self._place(slot, entry)
@@ -256,13 +260,57 @@ class TaskKnowledgeBank:
         e.usage += 1
         e.last_used_step = int(step)
         self._version += 1
+        if self._view is not None:
+            self._view.touched(slot, e)
 
     def pin(self, slot: int, pinned: bool = True) -> None:
         """Mark the entry in ``slot`` as (un)evictable."""
         self._occupied_entry(slot).pinned = bool(pinned)
         self._version += 1
 
+    def restore(self, entries: Mapping[int, BankEntry], next_inserted_order: int) -> None:
+        """Put saved entries back into their (empty) slots with every field as saved, and the
+        insertion counter back to ``next_inserted_order``: a load, not an insert (no eviction,
+        no new steps or order). :func:`nsr_gym.bank.files.load_bank` calls it.
+
+        Raises:
+            ValueError: for a slot out of range or already occupied.
+        """
+        for slot in entries:
+            if self.slots[self._index(slot)] is not None:
+                raise ValueError(f"restore: bank slot {slot} is occupied")
+        for slot, entry in entries.items():
+            self._place(slot, entry)
+        self._next_order = int(next_inserted_order)
+        self._version += 1
+
+    def shift_steps(self, delta: int) -> None:
+        """Add ``delta`` to every entry's ``created_step`` and ``last_used_step``: re-bases a
+        bank loaded into another episode (the env makes its most recent use "now")."""
+        for e in self.slots:
+            if e is not None:
+                e.last_used_step += int(delta)
+                e.created_step += int(delta)
+        self._view = None
+        self._version += 1
+
+    def clear(self) -> None:
+        """Empty every slot and restart the insertion counter: the bank as constructed."""
+        self.slots = [None] * self.capacity
+        self._keys[:] = 0.0
+        self._next_order = 0
+        self._view = None
+        self._version += 1
+
     # --- internals ---------------------------------------------------------------------------
+
+    def _admit(self, slot: int, entry: BankEntry, step: int) -> None:
+        """Place a new ``entry`` in ``slot`` with the fields an insert gives it."""
+        entry.tasks_served = unique_ids(entry.tasks_served)
+        entry.created_step = entry.last_used_step = int(step)
+        entry.inserted_order = self._next_order
+        self._next_order += 1
+        self._place(slot, entry)
 
     def _index(self, slot: int) -> int:
         k = operator.index(slot)
@@ -291,7 +339,8 @@ class TaskKnowledgeBank:
         entry.key = self._as_key(entry.key, "entry.key")
         for name, t in entry.tensors.items():
             if not isinstance(name, str) or not name or name == KEY_TENSOR:
-                raise ValueError(f"bad tensor name {name!r}: non-empty str other than {KEY_TENSOR!r}")
+                raise ValueError(f"bad tensor name {name!r}: non-empty str other than "
+                                 f"{KEY_TENSOR!r}")
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"entry.tensors[{name!r}] must be a torch.Tensor, got {type(t)}")
             if t.is_floating_point() and not bool(torch.isfinite(t).all()):
@@ -299,11 +348,16 @@ class TaskKnowledgeBank:
                                  "non-finite tensors (skip the insert instead)")
 
     def _place(self, slot: int, entry: BankEntry) -> None:
-        self.slots[slot] = entry
+        old, self.slots[slot] = self.slots[slot], entry
         self._version += 1
         norm = float(np.linalg.norm(entry.key.astype(np.float64)))
         # A zero key stays a zero row: it is similar to nothing rather than NaN.
         self._keys[slot] = 0.0 if norm == 0.0 else (entry.key / norm).astype(np.float32)
+        if self._view is not None:
+            if old is entry:  # updated in place: its old size is gone, build the view again
+                self._view = None
+            else:
+                self._view.placed(slot, entry, old)
 
     def _victim(self) -> int | None:
         if self.eviction == "reject":
@@ -326,11 +380,11 @@ class TaskKnowledgeBank:
         np.fill_diagonal(gram, -np.inf)
         return max(cands, key=lambda k: (gram[k].max(), -k))
 
-    # --- persistence (nsr_gym.bank_files) ---------------------------------------------------
+    # --- files (nsr_gym.bank.files) --------------------------------------------------------
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the bank atomically to directory ``path`` (created or replaced): a crash at any
-        point leaves a complete bank on disk (:func:`nsr_gym.bank_files.save_bank`)."""
+        point leaves a complete bank on disk (:func:`nsr_gym.bank.files.save_bank`)."""
         save_bank(self, path)
 
     @classmethod

@@ -3,28 +3,39 @@
 A bank directory holds ``bank.safetensors`` (every entry's tensors and key) and
 ``manifest.json`` (format version, bank parameters, per-entry metadata, tensor specs and sha256
 checksums, and the manifest's own checksum). :func:`save_bank` writes both in a temporary
-sibling directory and renames it into place; :func:`load_bank` checks everything before it
-returns, and any problem is a :class:`BankFormatError` naming the file and what to do.
-:meth:`TaskKnowledgeBank.save` and :meth:`TaskKnowledgeBank.load` call these.
+sibling directory and swaps it into place (:func:`nsr_gym.atomic.replace_dir`); :func:`load_bank`
+checks everything before it returns, and any problem is a :class:`BankFormatError` naming the
+file and what to do. :meth:`TaskKnowledgeBank.save` and :meth:`TaskKnowledgeBank.load` call these.
+
+This module knows the file format, not the bank class: it reads and writes any bank with the
+small public surface of :class:`StoredBank` (``nsr_gym.bank.core`` imports this module, never
+the reverse).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
-import uuid
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
 
-if TYPE_CHECKING:
-    from nsr_gym.bank import TaskKnowledgeBank
+from nsr_gym.atomic import (
+    replace_dir,
+    sha256_bytes,
+    sha256_file,
+    sha256_json,
+    temp_dir_beside,
+)
+from nsr_gym.bank.entry import BankEntry
+
+__all__ = ["BANK_FORMAT_VERSION", "KEY_TENSOR", "READABLE_BANK_VERSIONS", "BankFormatError",
+           "StoredBank", "entry_sha256", "load_bank", "manifest_sha256", "read_json", "save_bank"]
 
 BANK_FORMAT_VERSION: int = 2
 #: Versions :func:`load_bank` reads. Version 2 added ``manifest_sha256`` (the checksum of the
@@ -33,8 +44,11 @@ READABLE_BANK_VERSIONS: tuple[int, ...] = (1, 2)
 
 _MANIFEST = "manifest.json"
 _TENSORS = "bank.safetensors"
+_MANIFEST_SHA = "manifest_sha256"
 #: Name of the tensor that holds an entry's key in the file (no payload tensor may use it).
 KEY_TENSOR = "__key__"
+_INT_FIELDS = ("owner", "usage", "created_step", "last_used_step", "inserted_order")
+_FIX = "Restore the bank from a backup, or re-create it and save it with TaskKnowledgeBank.save"
 
 
 class BankFormatError(ValueError):
@@ -42,7 +56,37 @@ class BankFormatError(ValueError):
     names the file, what is wrong, and what to do."""
 
 
-def save_bank(bank: TaskKnowledgeBank, path: str | os.PathLike) -> None:
+class StoredBank(Protocol):
+    """What :func:`save_bank` and :func:`load_bank` need of a bank (``TaskKnowledgeBank`` has it).
+
+    Attributes:
+        capacity: Slots ``K``.
+        key_dim: Key length ``d``.
+        eviction: Eviction policy name.
+        slots: ``K`` entries or ``None``.
+        next_inserted_order: The insertion counter the next insert gets (FIFO order).
+    """
+
+    capacity: int
+    key_dim: int
+    eviction: str
+    slots: list[BankEntry | None]
+
+    def __init__(self, capacity: int, key_dim: int, eviction: str) -> None: ...
+
+    @property
+    def next_inserted_order(self) -> int: ...
+
+    def restore(self, entries: Mapping[int, BankEntry], next_inserted_order: int) -> None: ...
+
+
+BankT = TypeVar("BankT", bound=StoredBank)
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def save_bank(bank: StoredBank, path: str | os.PathLike) -> None:
     """Write the bank atomically to directory ``path`` (created or replaced).
 
     Both files are written and fsynced in a temporary sibling directory, then renamed into
@@ -52,29 +96,19 @@ def save_bank(bank: TaskKnowledgeBank, path: str | os.PathLike) -> None:
     root = Path(path)
     if root.exists() and not root.is_dir():
         raise FileExistsError(f"{root} exists and is not a bank directory; choose another path")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp, old = (root.parent / f".{root.name}.{kind}-{tag}" for kind in ("tmp", "old"))
-    tmp.mkdir()
+    tmp = temp_dir_beside(root, "tmp")
     try:
         _write(bank, tmp)
-        if root.exists():
-            os.replace(root, old)
-            try:
-                os.replace(tmp, root)
-            except BaseException:
-                os.replace(old, root)  # roll back: the previous bank goes back in place
-                raise
-        else:
-            os.replace(tmp, root)
+        # The previous bank stays aside until the swap is fsynced; it goes with any crash's below.
+        replace_dir(tmp, root, keep_old=lambda old: None)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    _fsync(root.parent)
     for stale in _backups(root):  # the new bank is complete: old copies (ours or a crash's) go
         shutil.rmtree(stale, ignore_errors=True)
 
-def _write(bank: TaskKnowledgeBank, folder: Path) -> None:
+
+def _write(bank: StoredBank, folder: Path) -> None:
     tensors: dict[str, torch.Tensor] = {}
     entries: list[dict[str, Any]] = []
     for k, e in enumerate(bank.slots):
@@ -88,20 +122,23 @@ def _write(bank: TaskKnowledgeBank, folder: Path) -> None:
         entries.append({"slot": k, **meta, "pinned": bool(e.pinned),
                         "tasks_served": [int(i) for i in e.tasks_served],
                         "tensors": {n: _spec(t) for n, t in sorted(named.items())},
-                        "sha256": _entry_sha256(named)})
+                        "sha256": entry_sha256(named)})
+    # Straight into the temporary directory: the directory swap is what makes the save atomic.
     save_file(tensors, str(folder / _TENSORS), metadata={"format": "pt"})
     manifest = {"format_version": BANK_FORMAT_VERSION, "capacity": bank.capacity,
                 "key_dim": bank.key_dim, "eviction": bank.eviction,
-                "next_inserted_order": bank._next_order,
-                "safetensors_sha256": _file_sha256(folder / _TENSORS), "entries": entries}
-    manifest[_MANIFEST_SHA] = _manifest_sha256(manifest)
-    with open(folder / _MANIFEST, "w", encoding="utf-8") as f:
-        json.dump(manifest, f, indent=1)
-    for p in (folder / _TENSORS, folder / _MANIFEST, folder):
-        _fsync(p)
+                "next_inserted_order": bank.next_inserted_order,
+                "safetensors_sha256": sha256_file(folder / _TENSORS), "entries": entries}
+    manifest[_MANIFEST_SHA] = manifest_sha256(manifest)
+    (folder / _MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
 
-def load_bank(path: str | os.PathLike, cls: type[TaskKnowledgeBank] | None = None) -> TaskKnowledgeBank:
-    """Load a bank written by :func:`save_bank`, verifying version, shapes and checksums.
+
+# ----------------------------------------------------------------------------- reading
+
+
+def load_bank(path: str | os.PathLike, cls: type[BankT]) -> BankT:
+    """Load a bank written by :func:`save_bank` as a ``cls``, verifying version, shapes and
+    checksums (:meth:`TaskKnowledgeBank.load` passes its class).
 
     If ``path`` is missing because a save was killed between its two renames, the previous
     bank (renamed aside) is loaded instead, with a warning.
@@ -109,9 +146,6 @@ def load_bank(path: str | os.PathLike, cls: type[TaskKnowledgeBank] | None = Non
     Raises:
         BankFormatError: for a missing, unparseable, truncated, modified or inconsistent file.
     """
-    from nsr_gym.bank import BankEntry, TaskKnowledgeBank
-
-    cls = cls or TaskKnowledgeBank
     root = Path(path)
     if not root.is_dir():
         backups = sorted(_backups(root), key=lambda p: p.stat().st_mtime)
@@ -127,61 +161,65 @@ def load_bank(path: str | os.PathLike, cls: type[TaskKnowledgeBank] | None = Non
         bank = cls(m.integer("capacity"), m.integer("key_dim"), m.get("eviction", str))
     except ValueError as exc:
         raise _fail(mpath, f"bad bank parameters ({exc})") from exc
-    bank._next_order = m.integer("next_inserted_order")
+    next_order = m.integer("next_inserted_order")
     if not tpath.is_file():
         raise _fail(tpath, "tensor file is missing")
-    if _file_sha256(tpath) != m.get("safetensors_sha256", str):
+    if sha256_file(tpath) != m.get("safetensors_sha256", str):
         raise _fail(tpath, "sha256 differs from the manifest's: truncated or modified")
     try:  # safetensors raises its own error types for malformed headers and offsets
         stored = load_file(str(tpath))
     except Exception as exc:
         raise _fail(tpath, f"could not be parsed ({exc})") from exc
     expected: set[str] = set()
+    entries: dict[int, BankEntry] = {}
     for raw in m.get("entries", list):
-        f = _Fields(raw, mpath)
-        slot = f.integer("slot")
-        if not 0 <= slot < bank.capacity or bank.slots[slot] is not None:
-            raise _fail(mpath, f"slot {slot} is out of range or repeated")
-        named: dict[str, torch.Tensor] = {}
-        for name, spec in f.get("tensors", dict).items():
-            full = f"slot{slot}/{name}"
-            expected.add(full)
-            if full not in stored:
-                raise _fail(tpath, f"tensor {full!r} listed in the manifest is missing")
-            if spec != _spec(stored[full]):
-                raise _fail(tpath, f"tensor {full!r} is {_spec(stored[full])} but the "
-                            f"manifest says {spec}")
-            named[name] = stored[full]
-        if _entry_sha256(named) != f.get("sha256", str):
-            raise _fail(tpath, f"checksum of slot {slot}'s tensors does not match the manifest")
-        bad = [n for n, t in named.items()
-               if t.is_floating_point() and not bool(t.isfinite().all())]
-        if bad:  # a well-formed file can still carry NaN/inf, which the bank never holds
-            raise _fail(tpath, f"slot {slot} tensors {sorted(bad)} hold NaN or inf")
-        key = named.pop(KEY_TENSOR, None)
-        if key is None or _spec(key) != _spec(torch.zeros(bank.key_dim)):
-            raise _fail(mpath, f"slot {slot} needs a float32 ({bank.key_dim},) {KEY_TENSOR} tensor")
-        meta = {name: f.integer(name) for name in _INT_FIELDS}
-        tasks = f.get("tasks_served", list)
-        if not all(type(i) is int for i in tasks):
-            raise _fail(mpath, f"slot {slot} tasks_served must be a list of ints")
-        bank._place(slot, BankEntry(key.numpy().copy(), named, tasks_served=tasks,
-                                    pinned=f.get("pinned", bool), **meta))
+        slot, entry = _read_entry(_Fields(raw, mpath), bank, entries, stored, tpath, expected)
+        entries[slot] = entry
     extra = sorted(set(stored) - expected)
     if extra:
         raise _fail(tpath, f"tensors not listed in the manifest: {extra}")
     # Last, so the checks above name the specific problem when there is one. A version-1
     # manifest has no checksum; one that carries it anyway (a flipped version byte) is checked.
     if (m.d["format_version"] >= 2 or _MANIFEST_SHA in m.d) and \
-            m.d.get(_MANIFEST_SHA) != _manifest_sha256(m.d):
+            m.d.get(_MANIFEST_SHA) != manifest_sha256(m.d):
         raise _fail(mpath, "the manifest's contents do not match its manifest_sha256: "
                     "modified or corrupted")
+    bank.restore(entries, next_order)
     return bank
 
 
-_INT_FIELDS = ("owner", "usage", "created_step", "last_used_step", "inserted_order")
-_MANIFEST_SHA = "manifest_sha256"
-_FIX = "Restore the bank from a backup, or re-create it and save it with TaskKnowledgeBank.save"
+def _read_entry(f: _Fields, bank: StoredBank, taken: Mapping[int, BankEntry],
+                stored: dict[str, torch.Tensor], tpath: Path,
+                expected: set[str]) -> tuple[int, BankEntry]:
+    """One manifest entry and its tensors, checked (``taken``: the slots read so far); adds its
+    tensor names to ``expected``."""
+    slot, key_dim = f.integer("slot"), bank.key_dim
+    if not 0 <= slot < bank.capacity or slot in taken:
+        raise _fail(f.file, f"slot {slot} is out of range or repeated")
+    named: dict[str, torch.Tensor] = {}
+    for name, spec in f.get("tensors", dict).items():
+        full = f"slot{slot}/{name}"
+        expected.add(full)
+        if full not in stored:
+            raise _fail(tpath, f"tensor {full!r} listed in the manifest is missing")
+        if spec != _spec(stored[full]):
+            raise _fail(tpath, f"tensor {full!r} is {_spec(stored[full])} but the "
+                        f"manifest says {spec}")
+        named[name] = stored[full]
+    if entry_sha256(named) != f.get("sha256", str):
+        raise _fail(tpath, f"checksum of slot {slot}'s tensors does not match the manifest")
+    bad = [n for n, t in named.items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    if bad:  # a well-formed file can still carry NaN/inf, which the bank never holds
+        raise _fail(tpath, f"slot {slot} tensors {sorted(bad)} hold NaN or inf")
+    key = named.pop(KEY_TENSOR, None)
+    if key is None or _spec(key) != _spec(torch.zeros(key_dim)):
+        raise _fail(f.file, f"slot {slot} needs a float32 ({key_dim},) {KEY_TENSOR} tensor")
+    meta = {name: f.integer(name) for name in _INT_FIELDS}
+    tasks = f.get("tasks_served", list)
+    if not all(type(i) is int for i in tasks):
+        raise _fail(f.file, f"slot {slot} tasks_served must be a list of ints")
+    return slot, BankEntry(key.numpy().copy(), named, tasks_served=tasks,
+                           pinned=f.get("pinned", bool), **meta)
 
 
 def _fail(file: Path, problem: str) -> BankFormatError:
@@ -212,15 +250,8 @@ def _read_manifest(mpath: Path) -> dict[str, Any]:
     return manifest
 
 
-def _manifest_sha256(manifest: dict[str, Any]) -> str:
-    """sha256 of the manifest's canonical JSON (sorted keys, no spaces), without its own field."""
-    body = {k: v for k, v in manifest.items() if k != _MANIFEST_SHA}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"))
-                          .encode("utf-8")).hexdigest()
-
-
 def _backups(root: Path) -> list[Path]:
-    """Previous banks that :meth:`TaskKnowledgeBank.save` renamed aside next to ``root``."""
+    """Previous banks that :func:`save_bank` renamed aside next to ``root``."""
     prefix = f".{root.name}.old-"
     if not root.parent.is_dir():
         return []
@@ -246,37 +277,21 @@ class _Fields:
         return self.get(name, int)
 
 
+# ----------------------------------------------------------------------------- checksums
+
+
 def _spec(t: torch.Tensor) -> dict[str, Any]:
     """Manifest description of a tensor, e.g. ``{"shape": [16, 3], "dtype": "float32"}``."""
     return {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
 
 
-def _entry_sha256(named: dict[str, torch.Tensor]) -> str:
+def entry_sha256(named: dict[str, torch.Tensor]) -> str:
     """sha256 of the raw (little-endian) bytes of ``named``'s tensors, in sorted-name order."""
-    h = hashlib.sha256()
-    for name in sorted(named):
-        t = named[name].detach().cpu().contiguous()
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+    return sha256_bytes(b"".join(
+        named[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
+        for name in sorted(named)))
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync(path: Path) -> None:
-    """fsync a file or a directory (directories: POSIX only; elsewhere a no-op)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some platforms/filesystems cannot fsync a directory
-    finally:
-        os.close(fd)
+def manifest_sha256(manifest: dict[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON (sorted keys, no spaces), without its own field."""
+    return sha256_json(manifest, exclude=_MANIFEST_SHA)

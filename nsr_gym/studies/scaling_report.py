@@ -1,8 +1,9 @@
 """The report of ``nsr-gym study scaling``: ``scaling.md`` and its figures, drawn from the CSVs.
 
-:func:`write_report` reads what :mod:`nsr_gym.cli.study_scaling` wrote under ``results/scaling``
-(one CSV per section, the manifest) and renders the tables, the findings computed from them, the
-explanation of where recall degrades (the rival-cosine law) and the figures. It runs no
+:func:`write_report` reads what :mod:`nsr_gym.studies.scaling_study` wrote under
+``results/scaling`` (one CSV per section, the manifest) and renders the tables, the findings
+computed from them, the explanation of where recall degrades (the rival-cosine law) and the
+figures. It runs no
 experiment, so ``nsr-gym study scaling --report-only`` redraws everything in seconds.
 """
 
@@ -14,9 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from nsr_gym.cli._common import markdown_table
-
-LONG = "nsr_gym/LongHorizonPermutedDigits-v0"
+from nsr_gym.results import markdown_table
+from nsr_gym.studies.scaling import LONG
 
 
 def _mean(frame: pd.DataFrame, by: list[str], cols: list[str]) -> pd.DataFrame:
@@ -160,7 +160,7 @@ def _similarity_md(out: Path, meta: dict) -> tuple[str, list[str]]:
                             f"{int(g['n_stored'].iloc[0])} "
                             f"stored, precision@1 falls below 0.99 from task_similarity {n:g}")
     md = ["## 2. Recall against the similarity between tasks\n",
-          "Torch: each task permutes only a fraction of the pixels (`nsr_gym.scaling."
+          "Torch: each task permutes only a fraction of the pixels (`nsr_gym.studies.scaling."
           "partial_permutation_tasks`), probe 64. Task cosine (raw): mean cosine between two "
           "tasks' "
           "mean frozen features before centring (keys are centred by the pool mean, so the keys' "
@@ -346,7 +346,7 @@ def _eviction_md(out: Path, meta: dict) -> tuple[str, list[str]]:
 def _diskbank_md(disk: pd.DataFrame) -> tuple[str, list[str]]:
     large = disk[disk["kind"] == "recall"]
     banks = disk[disk["kind"] != "recall"]
-    md = ["## 7. A bank larger than memory (`nsr_gym.diskbank.DiskBank`)\n",
+    md = ["## 7. A bank larger than memory (`nsr_gym.bank.disk.DiskBank`)\n",
           "Entries in safetensors shards (1024 entries each, tensors stacked by shape), "
           "memory-mapped with `safe_open`; only the keys (contiguous, normalised float32) and a "
           "few integers per entry are in memory. Keys: real permuted-digit embeddings "
