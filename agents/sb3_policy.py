@@ -2,10 +2,14 @@
 
 :func:`load_sb3_policy` reads what :func:`nsr_gym.agents.train.train` wrote (``config.json``
 and the weights) and rebuilds the SB3 policy network without unpickling anything: the weights
-come from the zip's safetensors copy (``policy.safetensors`` for ``model.zip``,
-``best_policy.safetensors`` for ``best_model.zip``), checked against the sha256 in
-``config.json``, or, for a zip without one, from its ``policy.pth`` through
-``torch.load(weights_only=True)`` (tensors only).
+come from the zip's safetensors copy only (``policy.safetensors`` for ``model.zip``,
+``best_policy.safetensors`` for ``best_model.zip``); the zip's pickled ``policy.pth`` is never
+read. Before anything is built, ``config.json`` goes through :func:`nsr_gym.jsonio.read_json`
+and every field the loader uses is checked (algorithm, observation layout, action sizes,
+``net_arch`` widths, all bounded); the zip and the weights must match the sha256 that
+``config.json`` records, and the weights file's tensor names, shapes and dtype must be those of
+the network, before a byte of them is loaded. Anything else raises :class:`PolicyFormatError`
+naming the file and what is wrong.
 
 :class:`SB3Policy` takes the env's ``Dict`` observation, flattens it exactly as training did
 (``FlattenObservation``: the parts in the order recorded in ``config.json``) and, for
@@ -18,20 +22,30 @@ through :func:`nsr_gym.agents.evaluation.rollout` on the bare env, like any rule
 
 from __future__ import annotations
 
-import io
-import json
-import zipfile
+import math
+import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from nsr_gym.agents.policies import Obs, Policy
-from nsr_gym.agents.train import CONFIG_FORMAT, WEIGHTS_OF, _policy_kwargs
+from nsr_gym.agents.train import _ACTIVATIONS, CONFIG_FORMAT, WEIGHTS_OF, _policy_kwargs
 from nsr_gym.atomic import sha256_file
+from nsr_gym.jsonio import JsonFileError, read_json
 
 #: The algorithms a spec may name, and the SB3 policy class each trained.
 SB3_ALGOS = ("ppo", "maskable-ppo")
+#: Bounds checked before a network is built: widest layer, most layers, largest flattened
+#: observation, most actions per dimension (``capacity + 2`` of the largest env).
+MAX_WIDTH, MAX_LAYERS, MAX_OBS, MAX_ACTIONS = 4096, 16, 1_000_000, 100_002
+_POLICY_KWARGS = ("net_arch", "activation_fn", "ortho_init")
+_SHA = re.compile(r"[0-9a-f]{64}")
+
+
+class PolicyFormatError(ValueError):
+    """A trained-policy folder that is malformed, modified or not this loader's format; the
+    message names the file, what is wrong and what to do."""
 
 
 def flatten_obs(obs: Obs, layout: list[dict[str, Any]]) -> np.ndarray:
@@ -111,26 +125,118 @@ class SB3Policy(Policy):
         return self.policy.predict(flat, deterministic=deterministic)[0]
 
 
-def _read_weights(model_path: Path, config: dict[str, Any]) -> tuple[dict[str, Any], str]:
-    """The zip's weights from its safetensors copy (checksum-checked), else from the zip.
+def _fail(path: Path, problem: str) -> PolicyFormatError:
+    return PolicyFormatError(f"{path}: {problem}; train it again with `nsr-gym train --out "
+                             f"{path.parent}` (or restore the folder)")
 
-    Returns:
-        ``(state_dict, sha256 of the file read)``.
-    """
+
+def _int_in(v: Any, lo: int, hi: int) -> bool:
+    return type(v) is int and lo <= v <= hi
+
+
+def _check_layout(layout: Any, path: Path) -> list[dict[str, Any]]:
+    if not isinstance(layout, list) or not 1 <= len(layout) <= 64:
+        raise _fail(path, "obs_layout must be a list of 1..64 parts")
+    total = 0
+    for part in layout:
+        ok = isinstance(part, dict) and isinstance(part.get("key"), str) and \
+            _int_in(part.get("size"), 1, MAX_OBS) and all(
+                type(part.get(b)) in (int, float) and math.isfinite(part[b])
+                for b in ("low", "high"))
+        if not ok or part["low"] > part["high"]:
+            raise _fail(path, f"obs_layout part {str(part)[:80]} is not "
+                        "{key: str, size: int >= 1, low <= high: finite numbers}")
+        total += part["size"]
+    if total > MAX_OBS:
+        raise _fail(path, f"obs_layout flattens to {total:,} values (at most {MAX_OBS:,})")
+    return layout
+
+
+def _check_net_arch(arch: Any, path: Path) -> None:
+    if isinstance(arch, dict) and set(arch) <= {"pi", "vf"}:
+        stacks = [ws for ws in arch.values() if ws is not None]
+    else:
+        stacks = [arch]
+    for widths in stacks:
+        if not isinstance(widths, list) or len(widths) > MAX_LAYERS or \
+                not all(_int_in(w, 1, MAX_WIDTH) for w in widths):
+            raise _fail(path, f"policy_kwargs.net_arch {str(arch)[:80]} must be a list of at "
+                        f"most {MAX_LAYERS} widths in 1..{MAX_WIDTH} (or {{pi: [...], vf: "
+                        "[...]}})")
+
+
+def _check_config(config: dict[str, Any], path: Path) -> dict[str, Any]:
+    """The fields of ``config.json`` the loader uses, each checked and bounded."""
+    if config.get("format_version") != CONFIG_FORMAT:
+        raise _fail(path, f"format {config.get('format_version')!r}, expected {CONFIG_FORMAT}")
+    settings, hp, files = (config.get(k) for k in ("settings", "hyperparams", "files"))
+    if not isinstance(settings, dict) or settings.get("algo") not in SB3_ALGOS:
+        raise _fail(path, f"settings.algo must be one of {SB3_ALGOS}")
+    if not isinstance(hp, dict) or not isinstance(hp.get("policy_kwargs") or {}, dict):
+        raise _fail(path, "hyperparams (with its policy_kwargs) must be a JSON object")
+    kwargs = dict(hp.get("policy_kwargs") or {})
+    unknown = sorted(set(kwargs) - set(_POLICY_KWARGS))
+    if unknown:
+        raise _fail(path, f"policy_kwargs {unknown} are not supported (only {_POLICY_KWARGS})")
+    if "net_arch" in kwargs:
+        _check_net_arch(kwargs["net_arch"], path)
+    if kwargs.get("activation_fn", "tanh") not in _ACTIVATIONS or \
+            type(kwargs.get("ortho_init", True)) is not bool:
+        raise _fail(path, f"activation_fn must be one of {sorted(_ACTIVATIONS)} and ortho_init "
+                    "a boolean")
+    nvec = config.get("action_nvec")
+    if nvec is not None and not (isinstance(nvec, list) and len(nvec) == 2 and
+                                 all(_int_in(n, 1, MAX_ACTIONS) for n in nvec)):
+        raise _fail(path, f"action_nvec must be two integers in 1..{MAX_ACTIONS:,}")
+    if nvec is None and not _int_in(config.get("n_actions"), 2, MAX_ACTIONS):
+        raise _fail(path, f"n_actions must be an integer in 2..{MAX_ACTIONS:,}")
+    if not isinstance(files, dict) or not all(isinstance(v, str) and _SHA.fullmatch(v)
+                                              for v in files.values()):
+        raise _fail(path, "files must map file names to sha256 hex digests")
+    return {"algo": settings["algo"], "layout": _check_layout(config.get("obs_layout"), path),
+            "nvec": nvec, "n_actions": config.get("n_actions"), "policy_kwargs": kwargs,
+            "files": files}
+
+
+def _verify(file: Path, files: dict[str, str], config_path: Path) -> str:
+    """``file``'s sha256, which must be the one ``config.json`` records for it."""
+    want = files.get(file.name)
+    if want is None:
+        raise _fail(config_path, f"records no sha256 for {file.name}")
+    if not file.is_file():
+        raise _fail(file, "missing (config.json records its sha256)" + (
+            ": this loader reads SB3 policies from their safetensors copy only, never the zip's "
+            "pickled policy.pth" if file.suffix == ".safetensors" else ""))
+    got = sha256_file(file)
+    if got != want:
+        raise _fail(file, "its sha256 differs from the one config.json records: modified, "
+                    "corrupted or from another run")
+    return got
+
+
+def _read_weights(weights: Path, expected: dict[str, Any]) -> dict[str, Any]:
+    """The weights, after their names, shapes and dtypes were checked against the network's
+    ``state_dict`` (``expected``) from the file's header alone; values must be finite."""
     import torch
+    from safetensors import safe_open
     from safetensors.torch import load_file
 
-    weights = model_path.with_name(WEIGHTS_OF.get(model_path.name, "-"))
-    want = config.get("files", {}).get(weights.name)
-    if weights.exists() and want:
-        if sha256_file(weights) != want:
-            raise ValueError(f"{weights} does not match the checksum in config.json")
-        return load_file(str(weights)), want
-    with zipfile.ZipFile(model_path) as zf:
-        if "policy.pth" not in zf.namelist():
-            raise ValueError(f"{model_path} is not an SB3 model zip (no policy.pth)")
-        data = io.BytesIO(zf.read("policy.pth"))
-    return torch.load(data, map_location="cpu", weights_only=True), sha256_file(model_path)
+    try:
+        with safe_open(str(weights), framework="pt") as f:
+            header = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype())
+                      for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own types for a malformed header
+        raise _fail(weights, f"could not be parsed ({type(exc).__name__}: {exc})") from None
+    want = {k: (tuple(v.shape), "F32") for k, v in expected.items()}
+    if header != want:
+        diff = sorted(set(header.items()) ^ set(want.items()))[:3]
+        raise _fail(weights, f"tensors (name, shape, dtype) differ from the network config.json "
+                    f"describes, e.g. {diff}")
+    state = load_file(str(weights))
+    bad = [k for k, t in state.items() if not bool(torch.isfinite(t).all())]
+    if bad:
+        raise _fail(weights, f"tensor {bad[0]!r} holds NaN or inf")
+    return state
 
 
 def load_sb3_policy(
@@ -139,14 +245,15 @@ def load_sb3_policy(
     """Load a controller trained by :func:`nsr_gym.agents.train.train`.
 
     Args:
-        path: The run directory, its ``model.zip`` or another SB3 zip beside its ``config.json``
-            (e.g. ``best_model.zip``).
+        path: The run directory, its ``model.zip``, or its ``best_model.zip``.
         algo: Expected algorithm; a mismatch with ``config.json`` is an error.
         name: Name in tables (default ``<algo>:<run directory name>``).
 
     Raises:
         FileNotFoundError: when the model or its ``config.json`` is missing.
-        ValueError: on a format, algorithm or checksum mismatch.
+        PolicyFormatError: (a ``ValueError``) naming the file, for a malformed ``config.json``,
+            a zip or weights file whose sha256 differs from the recorded one, missing weights,
+            weights that do not fit the network, or an algorithm mismatch.
     """
     import torch
     from gymnasium import spaces
@@ -155,44 +262,44 @@ def load_sb3_policy(
     model_path = path / "model.zip" if path.is_dir() else path
     config_path = model_path.parent / "config.json"
     for p in (model_path, config_path):
-        if not p.exists():
+        if not p.is_file():
             raise FileNotFoundError(
                 f"{p} not found: train one with `nsr-gym train --out {model_path.parent}`"
             )
-    config = json.loads(config_path.read_text())
-    if config.get("format_version") != CONFIG_FORMAT:
-        raise ValueError(
-            f"{config_path} has format {config.get('format_version')}, expected {CONFIG_FORMAT}"
-        )
-    trained_algo = config["settings"]["algo"]
-    if algo is not None and algo != trained_algo:
-        raise ValueError(f"{model_path} was trained with {trained_algo}, not {algo}")
+    if model_path.name not in WEIGHTS_OF:
+        raise _fail(model_path, f"not one of {sorted(WEIGHTS_OF)}, whose safetensors copies "
+                    "this loader reads")
+    try:
+        config = read_json(config_path, max_bytes=8 * 2**20, what="SB3 policy config")
+    except JsonFileError as exc:
+        raise PolicyFormatError(str(exc)) from None
+    spec = _check_config(config, config_path)
+    if algo is not None and algo != spec["algo"]:
+        raise ValueError(f"{model_path} was trained with {spec['algo']}, not {algo}")
+    _verify(model_path, spec["files"], config_path)
+    weights = model_path.with_name(WEIGHTS_OF[model_path.name])
+    weights_sha = _verify(weights, spec["files"], config_path)
 
-    layout = config["obs_layout"]
+    layout = spec["layout"]
     low = np.concatenate([np.full(p["size"], p["low"], np.float32) for p in layout])
     high = np.concatenate([np.full(p["size"], p["high"], np.float32) for p in layout])
     obs_space = spaces.Box(low, high, dtype=np.float32)
-    if "action_nvec" in config:  # retention="agent": [allocation, retention]
-        act_space: Any = spaces.MultiDiscrete(config["action_nvec"])
+    if spec["nvec"] is not None:  # retention="agent": [allocation, retention]
+        act_space: Any = spaces.MultiDiscrete(spec["nvec"])
     else:
-        act_space = spaces.Discrete(int(config["n_actions"]))
-    if trained_algo == "maskable-ppo":
+        act_space = spaces.Discrete(spec["n_actions"])
+    if spec["algo"] == "maskable-ppo":
         from sb3_contrib.common.maskable.policies import MaskableActorCriticPolicy as policy_cls
     else:
         from stable_baselines3.common.policies import ActorCriticPolicy as policy_cls
-    policy = policy_cls(
-        obs_space,
-        act_space,
-        lambda _: 0.0,
-        **_policy_kwargs(config["hyperparams"].get("policy_kwargs")),
-    )
-    state, weights_sha = _read_weights(model_path, config)
-    policy.load_state_dict(state)
+    policy = policy_cls(obs_space, act_space, lambda _: 0.0,
+                        **_policy_kwargs(spec["policy_kwargs"]))
+    policy.load_state_dict(_read_weights(weights, policy.state_dict()))
     policy.set_training_mode(False)
     policy.to(torch.device("cpu"))
     label = model_path.parent.name + (
         "" if model_path.name == "model.zip" else f"-{model_path.stem}"
     )
-    loaded = SB3Policy(policy, layout, trained_algo, name or f"{trained_algo}:{label}", config)
+    loaded = SB3Policy(policy, layout, spec["algo"], name or f"{spec['algo']}:{label}", config)
     loaded.weights_sha256 = weights_sha
     return loaded

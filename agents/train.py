@@ -25,7 +25,9 @@ Written to ``out``: ``model.zip`` (SB3's format, for ``PPO.load`` and further tr
 observation layout, provenance and sha256 checksums), ``monitor/`` (``Monitor`` CSVs per training
 env) and ``eval/evaluations.npz`` (``EvalCallback``), plus ``best_model.zip`` (the best evaluation
 return) and its weights ``best_policy.safetensors``. The model zip, the weights and
-``config.json`` are written atomically (:mod:`nsr_gym.atomic`).
+``config.json`` are written atomically (:mod:`nsr_gym.atomic`). The safetensors files are written
+from the policy in memory (the best one as ``EvalCallback`` saves it); nothing is read back out
+of a zip, so no pickle is loaded, not even with ``torch.load(weights_only=True)``.
 """
 
 from __future__ import annotations
@@ -244,21 +246,21 @@ def _save_weights(state: dict[str, Any], path: Path) -> None:
 WEIGHTS_OF = {"model.zip": "policy.safetensors", "best_model.zip": "best_policy.safetensors"}
 
 
-def export_zip_weights(zip_path: Path) -> Path:
-    """Copy an SB3 zip's ``policy.pth`` to its ``WEIGHTS_OF`` safetensors file; returns that path.
+def _best_weights_keeper() -> Any:
+    """An SB3 callback for ``callback_on_new_best`` that copies the policy's ``state_dict``
+    each time ``EvalCallback`` saves a new ``best_model.zip``: the pickle-free copy of the best
+    weights is then written from memory, never read back out of the zip."""
+    from stable_baselines3.common.callbacks import BaseCallback
 
-    ``torch.load(weights_only=True)`` reads tensors only (no arbitrary unpickling).
-    """
-    import io
-    import zipfile
+    class KeepBestWeights(BaseCallback):
+        state: dict[str, Any] | None = None
 
-    import torch
+        def _on_step(self) -> bool:
+            self.state = {k: v.detach().cpu().clone()
+                          for k, v in self.model.policy.state_dict().items()}
+            return True
 
-    with zipfile.ZipFile(zip_path) as zf:
-        state = torch.load(io.BytesIO(zf.read("policy.pth")), map_location="cpu", weights_only=True)
-    path = zip_path.with_name(WEIGHTS_OF[zip_path.name])
-    _save_weights(state, path)
-    return path
+    return KeepBestWeights()
 
 
 # ---------------------------------------------------------------------------- training
@@ -289,6 +291,8 @@ def train(
     torch.set_num_threads(cfg.torch_threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    for stale in ("best_model.zip", WEIGHTS_OF["best_model.zip"]):  # a previous run's best
+        (out / stale).unlink(missing_ok=True)
 
     # ---- hyperparameters: YAML default <- env id entry <- cfg.hyperparams -----------------
     hp = load_hyperparams(cfg.algo, cfg.env_id, cfg.hyperparams)
@@ -330,11 +334,12 @@ def train(
     )
 
     # ---- callbacks -----------------------------------------------------------------------
-    eval_callback = None
+    eval_callback, keep_best = None, _best_weights_keeper()
     if cfg.n_evals > 0:
         freq = max(cfg.total_timesteps // (cfg.n_evals * cfg.n_envs), 1)
         eval_callback = Eval(
             eval_env,
+            callback_on_new_best=keep_best,
             n_eval_episodes=cfg.n_eval_episodes,
             eval_freq=freq,
             log_path=str(out / "eval"),
@@ -358,8 +363,9 @@ def train(
     _save_model(model, model_path)
     weights = [out / WEIGHTS_OF["model.zip"]]
     _save_weights(model.policy.state_dict(), weights[0])
-    if (out / "best_model.zip").exists():
-        weights.append(export_zip_weights(out / "best_model.zip"))
+    if (out / "best_model.zip").exists() and keep_best.state is not None:
+        weights.append(out / WEIGHTS_OF["best_model.zip"])
+        _save_weights(keep_best.state, weights[-1])
     evals = None
     if eval_callback is not None and eval_callback.evaluations_results:
         evals = {

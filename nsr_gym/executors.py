@@ -33,7 +33,13 @@ Pointing it at a cluster:
 Resuming, the one path every sweep takes: :func:`run_units_kept` keeps each finished unit in a
 :class:`UnitStore` (:class:`JsonStore` for JSON-able results, :class:`FrameStore` for tables
 such as step logs, floats exact) and reads kept units back instead of running them again;
-:meth:`Sweep.run` does the same on an executor it makes from a study's options.
+:meth:`Sweep.run` does the same on an executor it makes from a study's options. A kept unit is
+trusted only when its checksum matches: :class:`JsonStore` stores the result's sha256 and the
+unit's key inside the file, :class:`FrameStore` in a ``<name>.csv.sha256`` sidecar written before
+the table (with the table's name, so another unit's pair copied in is refused too). A unit
+whose file was edited, cut short, copied from another unit or has no checksum
+is reported on stderr and runs again (the checksum guards against corruption and accidental
+edits; it is not a signature: whoever can write the folder can recompute it).
 
 This module imports nothing above the library core; the CLI and the studies hand it their
 unit functions.
@@ -53,10 +59,21 @@ from typing import Any, Protocol
 
 import pandas as pd
 
-from nsr_gym.atomic import atomic_write_text, sha256_bytes
+from nsr_gym.atomic import (
+    atomic_write_bytes,
+    atomic_write_text,
+    sha256_bytes,
+    sha256_file,
+    sha256_json,
+)
+from nsr_gym.jsonio import JsonFileError, read_json
 
 #: Executor names, as the ``--executor`` options take them.
 EXECUTORS: tuple[str, ...] = ("local", "ray")
+#: Seconds :class:`RayExecutor` waits for a TCP connection to a given cluster address.
+RAY_CONNECT_TIMEOUT_S = 10.0
+#: Largest kept unit file read back (bytes); a bigger one is recomputed, never parsed.
+MAX_UNIT_BYTES = 512 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -176,6 +193,8 @@ class RayExecutor:
             # so a remote cluster needs nsr-gym installed (a wheel ships all three inside it).
             env.setdefault("py_modules", [str(Path(nsr_gym.__file__).parent)])
         self._owns = not ray.is_initialized()
+        if self._owns and address is not None:
+            check_ray_address(address)
         if self._owns:
             kwargs: dict[str, Any] = dict(runtime_env=env or None, logging_level=logging.WARNING,
                                           log_to_driver=False)
@@ -221,6 +240,52 @@ class RayExecutor:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class RayUnreachableError(ConnectionError):
+    """A Ray address given to :class:`RayExecutor` does not answer as a Ray server."""
+
+
+def check_ray_address(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Fail fast when a ``host:port`` (or ``ray://host:port``) Ray address does not answer.
+
+    One gRPC call to a method no server has: Ray's gRPC servers (the GCS, the Ray Client server)
+    answer it at once (``UNIMPLEMENTED``, or ``UNAUTHENTICATED`` with token auth); a closed port,
+    or a proxy that accepts the connection with nothing behind it, fails here within
+    ``timeout_s`` seconds, instead of ``ray.init`` retrying for minutes without a word.
+    ``"auto"``, addresses without a port and TLS clusters (``RAY_USE_TLS=1``) are left to Ray.
+
+    Raises:
+        ValueError: for an address that is not a non-empty string.
+        RayUnreachableError: naming the address and what to do.
+    """
+    if not isinstance(address, str) or not address.strip():
+        raise ValueError(f"--ray-address must be 'auto', 'host:port' or 'ray://host:port', "
+                         f"got {address!r}")
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if address == "auto" or not sep or not port.isdigit() or \
+            os.environ.get("RAY_USE_TLS", "0") not in ("0", ""):
+        return
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"--ray-address {address}: port {port} is not in 1..65535")
+    import grpc
+
+    hint = ("Start it (`ray start --head --port=6379` on the head), check --ray-address, or drop "
+            "--ray-address to run on a local Ray instance")
+    channel = grpc.insecure_channel(f"{host or '127.0.0.1'}:{port}")
+    try:
+        ping = channel.unary_unary("/nsr_gym.Probe/Ping", request_serializer=bytes,
+                                   response_deserializer=bytes)
+        ping(b"", timeout=timeout_s)
+    except grpc.RpcError as exc:
+        code, details = exc.code(), exc.details() or ""
+        if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED) or \
+                "http2 header with status" in details:  # no server, or an HTTP server, not gRPC
+            raise RayUnreachableError(
+                f"cannot reach a Ray cluster at {address} ({code.name.lower()}: {details[:200]}; "
+                f"waited at most {timeout_s:g} s). {hint}") from None
+    finally:
+        channel.close()
 
 
 def make_executor(name: str = "local", address: str | None = None, **kwargs: Any) -> Executor:
@@ -274,7 +339,11 @@ class UnitStore(Protocol):
 
 
 class JsonStore:
-    """Keeps JSON-able results as ``folder/<unit.key>.json``.
+    """Keeps JSON-able results as ``folder/<unit.key>.json``, each with its sha256 inside.
+
+    A file holds ``{"nsr_gym_unit": 1, "unit": <unit.key>, "sha256": <sha256 of the result's
+    canonical JSON>, "result": <result>}``; one whose checksum or unit key does not match, or
+    that is unreadable, is reported on stderr and the unit runs again.
 
     Args:
         folder: Where the files go (created on the first save).
@@ -285,19 +354,50 @@ class JsonStore:
 
     def load(self, unit: Unit) -> Any | None:
         path = self.folder / f"{unit.key}.json"
-        return json.loads(path.read_text()) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            kept = read_json(path, max_bytes=MAX_UNIT_BYTES, what="unit log")
+            problem = _json_unit_problem(kept, unit)
+        except JsonFileError as exc:
+            problem, kept = exc.problem, None
+        if problem is None:
+            return kept["result"]
+        _recompute_note(path, problem, unit)
+        return None
 
     def save(self, unit: Unit, result: Any) -> None:
-        atomic_write_text(self.folder / f"{unit.key}.json", json.dumps(result, default=float))
+        plain = json.loads(json.dumps(result, default=float))
+        record = {"nsr_gym_unit": 1, "unit": unit.key, "sha256": sha256_json(plain),
+                  "result": plain}
+        atomic_write_text(self.folder / f"{unit.key}.json", json.dumps(record, default=float))
+
+
+def _json_unit_problem(kept: dict[str, Any], unit: Unit) -> str | None:
+    if kept.get("nsr_gym_unit") != 1 or "result" not in kept:
+        return "no checksum: written by an older version"
+    if kept.get("unit") != unit.key:
+        return f"another unit's result ({kept.get('unit')!r})"
+    if kept.get("sha256") != sha256_json(kept["result"]):
+        return "its result does not match its sha256: edited or corrupted"
+    return None
+
+
+def _recompute_note(path: Path, problem: str, unit: Unit) -> None:
+    print(f"warning: {path} is not a complete unit log ({problem}); running {unit.agent} "
+          f"seed {unit.seed} again", file=sys.stderr)
 
 
 class FrameStore:
     """Keeps ``pandas.DataFrame`` results as ``folder/<name(unit)>.csv``, floats exact.
 
     Floats are written with 17 significant digits and parsed back with round-trip precision, so
-    a resumed unit gives the bits a computed one does. A file that is not a complete result
-    (unreadable, or one ``check`` objects to: written by another version, cut short by hand) is
-    reported on stderr and the unit runs again; it never counts as finished.
+    a resumed unit gives the bits a computed one does. Each table's sha256, byte count and file
+    name go to a ``<name>.csv.sha256`` sidecar, checked before the table is parsed (``check``
+    then says whether a table that is intact is this unit's). A file that is
+    not a complete result (no or another checksum, unreadable, or one ``check`` objects to:
+    written by another version, edited or cut short by hand) is reported on stderr and the unit
+    runs again; it never counts as finished.
 
     Args:
         folder: Where the files go (created on the first save).
@@ -316,23 +416,54 @@ class FrameStore:
         """The file that keeps ``unit``'s result."""
         return self.folder / f"{self.name(unit)}.csv"
 
+    def sidecar(self, unit: Unit) -> Path:
+        """The checksum file of ``unit``'s table: ``<name>.csv.sha256`` (JSON)."""
+        return self.folder / f"{self.name(unit)}.csv.sha256"
+
     def load(self, unit: Unit) -> pd.DataFrame | None:
         path = self.path(unit)
         if not path.is_file():
             return None
-        try:
-            frame = pd.read_csv(path, float_precision="round_trip")
-            problem = None if self.check is None else self.check(frame, unit)
-        except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-            problem = f"unreadable ({exc})"
+        problem = self._checksum_problem(path, unit)
+        frame = None
+        if problem is None:
+            try:
+                frame = pd.read_csv(path, float_precision="round_trip")
+                problem = None if self.check is None else self.check(frame, unit)
+            except (ValueError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+                problem = f"unreadable ({exc})"
         if problem is None:
             return frame
-        print(f"warning: {path} is not a complete unit log ({problem}); running {unit.agent} "
-              f"seed {unit.seed} again", file=sys.stderr)
+        _recompute_note(path, problem, unit)
+        return None
+
+    def _checksum_problem(self, path: Path, unit: Unit) -> str | None:
+        """What is wrong with ``path`` against its sidecar (checked before it is parsed)."""
+        side = self.sidecar(unit)
+        if not side.is_file():
+            return f"no checksum file {side.name}: written by an older version or cut short"
+        try:
+            meta = read_json(side, max_bytes=4096, what="unit checksum file")
+        except JsonFileError as exc:
+            return f"{side.name}: {exc.problem}"
+        size = path.stat().st_size
+        if meta.get("file") != path.name:
+            return f"its checksum file is another unit's ({str(meta.get('file'))[:80]!r})"
+        if meta.get("bytes") != size or size > MAX_UNIT_BYTES:
+            return (f"{size} bytes, its checksum file says {meta.get('bytes')!r}: cut short or "
+                    "edited")
+        if meta.get("sha256") != sha256_file(path):
+            return "its sha256 differs from its checksum file's: edited or corrupted"
         return None
 
     def save(self, unit: Unit, result: pd.DataFrame) -> None:
-        atomic_write_text(self.path(unit), result.to_csv(index=False, float_format="%.17g"))
+        text = result.to_csv(index=False, float_format="%.17g")
+        data = text.encode("utf-8")
+        # The checksum first: a table on disk always has one (a crash between the two writes
+        # leaves a stale or missing table, which the checksum then refuses).
+        atomic_write_text(self.sidecar(unit), json.dumps(
+            {"file": self.path(unit).name, "bytes": len(data), "sha256": sha256_bytes(data)}))
+        atomic_write_bytes(self.path(unit), data)
 
 
 def run_units_kept(executor: Executor, fn: UnitFn, units: Iterable[Unit],

@@ -20,13 +20,21 @@ entry (:func:`load_peft_model` returns both parts). Each layer is written at its
 are written bit for bit. :func:`import_adapter` reads such a directory, or any peft LoRA adapter
 for the same backbone, back as a :class:`~nsr_gym.bank.BankEntry`; a file that is corrupt, for
 another backbone or not a plain LoRA raises :class:`~nsr_gym.bank.BankFormatError`. Nothing here
-unpickles: tensors go through ``safetensors``, metadata through JSON.
+unpickles: tensors go through ``safetensors``, metadata through :func:`nsr_gym.jsonio.read_json`.
+Before ``peft`` builds anything, ``adapter_config.json`` is checked: ``r``, ``lora_alpha`` and
+their per-layer patterns are bounded numbers (rank at most :data:`MAX_ADAPTER_RANK`),
+``target_modules`` resolves to ``Linear`` layers of the backbone that include every layer the
+weights file holds factors for, each at the rank the config gives it, and the weights are float
+tensors; so a config that asks for a huge rank or adapts only part of the layers is refused by
+name, not after peft has allocated it or with a raw ``AttributeError``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import shutil
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -41,6 +49,7 @@ from torch import nn
 
 from nsr_gym.atomic import replace_dir, sha256_file, sha256_json, temp_dir_beside
 from nsr_gym.bank import BankEntry, BankFormatError, compress_lora
+from nsr_gym.jsonio import JsonFileError, read_json
 from nsr_gym.learners.torch_learner import TorchLearner, build_backbone
 
 ADAPTER_FORMAT_VERSION: int = 1
@@ -52,6 +61,13 @@ _META = "nsr_gym.json"
 _PEFT_PREFIX = "base_model.model."
 _CHECKED = (_CONFIG, _WEIGHTS, _HEAD)  # files whose sha256 nsr_gym.json records
 _META_SHA = "meta_sha256"
+#: Largest LoRA rank an adapter config may give a layer (peft allocates it before loading).
+MAX_ADAPTER_RANK = 4096
+#: adapter_config.json keys that must be absent, null, false or empty in a plain LoRA.
+_UNSUPPORTED = ("exclude_modules", "layers_pattern", "layers_to_transform", "layer_replication",
+                "target_parameters", "trainable_token_indices", "use_qalora", "lora_bias",
+                "use_bdlora", "alora_invocation_tokens", "megatron_config", "arrow_config")
+_FLOAT_DTYPES = ("F32", "F16", "BF16")
 
 
 @dataclass(frozen=True)
@@ -218,8 +234,10 @@ def import_adapter(path: str | os.PathLike, spec: BackboneSpec, *,
             mismatch, another backbone, not a plain LoRA, NaN/inf, or no key/head to be had.
     """
     root = Path(path)
-    meta = _check_files(root, spec)
-    present = _check_weight_file(root / _WEIGHTS, spec)
+    if max_rank is not None and (type(max_rank) is not int or max_rank < 1):
+        raise ValueError(f"max_rank must be None or an integer >= 1 (got {max_rank!r})")
+    meta, ranks = _check_files(root, spec)
+    present = _check_weight_file(root / _WEIGHTS, spec, ranks)
     payload = _read_factors(root, spec, present, max_rank)
     head_tensors, key = _head_and_key(root, spec, head, key)
     payload["head.weight"], payload["head.bias"] = head_tensors
@@ -234,9 +252,10 @@ def import_adapter(path: str | os.PathLike, spec: BackboneSpec, *,
     return BankEntry(key=key, tensors=payload, owner=owner, tasks_served=tasks)
 
 
-def _check_files(root: Path, spec: BackboneSpec) -> dict[str, Any]:
+def _check_files(root: Path, spec: BackboneSpec) -> tuple[dict[str, Any], dict[str, int]]:
     """The adapter's files are there, match ``nsr_gym.json``'s sha256 and form a plain LoRA;
-    returns ``nsr_gym.json`` (empty for another tool's adapter)."""
+    returns ``nsr_gym.json`` (empty for another tool's adapter) and the rank peft would give
+    each targeted layer."""
     cpath, wpath, mpath = (root / f for f in (_CONFIG, _WEIGHTS, _META))
     if not cpath.is_file():
         raise _fail(cpath, "no adapter_config.json: not a peft adapter directory. Check the path")
@@ -249,8 +268,7 @@ def _check_files(root: Path, spec: BackboneSpec) -> dict[str, Any]:
         if not (root / name).is_file() or sha256_file(root / name) != want:
             raise _fail(root / name, "missing, or its sha256 differs from nsr_gym.json's: "
                         "truncated or modified. Export the entry again")
-    _read_config(cpath)
-    return meta
+    return meta, _read_config(cpath, spec)
 
 
 def _read_factors(root: Path, spec: BackboneSpec, present: set[str], max_rank: int | None
@@ -327,12 +345,9 @@ def _fail(file: Path, problem: str) -> BankFormatError:
 
 def _read_json(p: Path) -> dict[str, Any]:
     try:
-        obj = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _fail(p, f"not valid JSON ({exc})") from exc
-    if not isinstance(obj, dict):
-        raise _fail(p, f"expected a JSON object, got {type(obj).__name__}")
-    return obj
+        return read_json(p, max_bytes=1 << 20, what="adapter file")
+    except JsonFileError as exc:
+        raise _fail(p, exc.problem) from None
 
 
 def _read_meta(mpath: Path, spec: BackboneSpec) -> dict[str, Any]:
@@ -356,7 +371,9 @@ def _read_meta(mpath: Path, spec: BackboneSpec) -> dict[str, Any]:
     return meta
 
 
-def _read_config(cpath: Path) -> None:
+def _read_config(cpath: Path, spec: BackboneSpec) -> dict[str, int]:
+    """Check ``adapter_config.json`` is a plain LoRA peft can build on ``spec`` within bounds;
+    returns targeted layer -> the rank peft would give it."""
     config = _read_json(cpath)
     problems = []
     if config.get("peft_type") != "LORA":
@@ -368,19 +385,83 @@ def _read_config(cpath: Path) -> None:
         problems.append(f"bias={config.get('bias')!r} trains backbone biases (need 'none')")
     if config.get("modules_to_save"):
         problems.append(f"modules_to_save={config['modules_to_save']} replaces backbone modules")
+    problems += [f"{k}={str(config[k])[:60]} is not supported" for k in _UNSUPPORTED
+                 if config.get(k) not in (None, False, [], {}, "")]
+    if config.get("init_lora_weights", True) not in (True, False, "gaussian"):
+        problems.append(f"init_lora_weights={str(config['init_lora_weights'])[:40]!r} runs a "
+                        "decomposition or needs data on load (need true, false or 'gaussian')")
     if problems:
         raise _fail(cpath, "; ".join(problems) + ". Only plain LoRA adapters on the backbone's "
                     "Linear layers can become bank entries")
+    return _config_ranks(cpath, config, spec)
 
 
-def _check_weight_file(wpath: Path, spec: BackboneSpec) -> set[str]:
-    """Every tensor must be a lora_A/lora_B of an adapted layer, with the backbone's shapes;
-    returns the names of the layers that have both."""
+def _is_rank(v: Any) -> bool:
+    return type(v) is int and 1 <= v <= MAX_ADAPTER_RANK
+
+
+def _is_alpha(v: Any) -> bool:
+    return type(v) in (int, float) and math.isfinite(v) and 0 < abs(v) <= 1e6
+
+
+def _config_ranks(cpath: Path, config: dict[str, Any], spec: BackboneSpec) -> dict[str, int]:
+    """Targeted layer -> rank, from ``r``, ``rank_pattern`` and ``target_modules`` as peft
+    reads them, each value checked before peft allocates anything."""
+    from peft.utils.other import get_pattern_key
+
+    r, alpha = config.get("r", 8), config.get("lora_alpha", 8)
+    ranks, alphas = config.get("rank_pattern") or {}, config.get("alpha_pattern") or {}
+    if not _is_rank(r) or not isinstance(ranks, dict) or not all(map(_is_rank, ranks.values())):
+        raise _fail(cpath, f"r and rank_pattern values must be integers in 1..{MAX_ADAPTER_RANK} "
+                    f"(got r={str(r)[:40]}, rank_pattern={str(ranks)[:80]}): peft would "
+                    "allocate rank x (in + out) floats per layer before loading the weights")
+    if not _is_alpha(alpha) or not isinstance(alphas, dict) or \
+            not all(map(_is_alpha, alphas.values())):
+        raise _fail(cpath, "lora_alpha and alpha_pattern values must be finite nonzero numbers "
+                    "of magnitude at most 1e6")
+    modules = dict(spec.build().named_modules())
+    try:
+        targeted = [name for name in modules if name and _targets(config["target_modules"], name)]
+        layer_ranks = {name: ranks.get(get_pattern_key(list(ranks), name), r)
+                       for name in targeted}
+    except (KeyError, TypeError, re.error) as exc:
+        raise _fail(cpath, f"target_modules / rank_pattern cannot be read ({type(exc).__name__}: "
+                    f"{str(exc)[:80]}): need a list of layer names or a regular expression"
+                    ) from None
+    others = [n for n in targeted if n not in spec.targets]
+    if others or not targeted:
+        raise _fail(cpath, f"target_modules {str(config.get('target_modules'))[:80]} adapts "
+                    f"{others or 'no layer'}; an adapter for this backbone adapts its Linear "
+                    f"layers {spec.targets}")
+    return layer_ranks
+
+
+def _targets(target_modules: Any, name: str) -> bool:
+    """Whether peft's ``target_modules`` (a list of names or suffixes, or a regex) takes
+    ``name``."""
+    if isinstance(target_modules, str):
+        return re.fullmatch(target_modules, name) is not None
+    if not isinstance(target_modules, list) or \
+            not all(isinstance(t, str) for t in target_modules):
+        raise TypeError("target_modules is neither a list of names nor a string")
+    return name in target_modules or any(name.endswith(f".{t}") for t in target_modules)
+
+
+def _check_weight_file(wpath: Path, spec: BackboneSpec, config_ranks: dict[str, int]
+                       ) -> set[str]:
+    """Every tensor must be a float lora_A/lora_B of a layer the config targets, with the
+    backbone's shapes and the config's rank; returns the names of the layers that have both."""
     try:
         with safe_open(str(wpath), framework="pt") as f:
             shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            dtypes = {k: f.get_slice(k).get_dtype() for k in shapes}
     except Exception as exc:  # safetensors raises its own types for malformed files
         raise _fail(wpath, f"could not be parsed ({exc})") from exc
+    bad = {k: d for k, d in dtypes.items() if d not in _FLOAT_DTYPES}
+    if bad:
+        name, dtype = next(iter(bad.items()))
+        raise _fail(wpath, f"tensor {name!r} has dtype {dtype}; LoRA factors are float "
+                    f"({'/'.join(_FLOAT_DTYPES)})")
     layers = dict(zip(spec.targets, spec.layer_shapes, strict=True))
     ranks: dict[str, dict[str, int]] = {}
     for k, shape in shapes.items():
@@ -399,6 +480,12 @@ def _check_weight_file(wpath: Path, spec: BackboneSpec) -> set[str]:
     for name, r in ranks.items():
         if len(r) != 2 or r["lora_A"] != r["lora_B"]:
             raise _fail(wpath, f"layer {name} needs lora_A and lora_B of one rank, got {r}")
+        if name not in config_ranks:
+            raise _fail(wpath, f"holds factors for layer {name}, which adapter_config.json's "
+                        f"target_modules does not adapt (it adapts {sorted(config_ranks)})")
+        if config_ranks[name] != r["lora_A"]:
+            raise _fail(wpath, f"layer {name} has rank {r['lora_A']}, adapter_config.json gives "
+                        f"it rank {config_ranks[name]}")
     return set(ranks)
 
 

@@ -5,6 +5,11 @@ Input: a ``pandas.DataFrame`` with one row per step and at least the columns ``p
 ``switched``, ``bank_bytes`` and ``bank_entries`` (what ``agents.rollout`` writes) for one
 ``(agent, seed)`` run.
 
+These are the *revisit* family (tables name them ``revisit BWT`` / ``revisit forgetting`` where
+both families meet); the standard continual-learning metrics (Lopez-Paz and Ranzato's BWT and
+FWT, Chaudhry et al.'s forgetting, from the accuracy matrix ``R[phase, task]``) are
+:mod:`nsr_gym.cl_metrics`'s, named ``std_*``.
+
 Definitions (the policy's own allocation decisions included, since they are what is evaluated):
 
 * **Accuracy matrix** ``A[v, m]``: accuracy on task ``m`` at the end of its ``v``-th visit.

@@ -50,6 +50,17 @@ def test_sb3_checker(env_id, backend):
     env.close()
 
 
+def _random_valid_action(env, rng: np.random.Generator) -> int | np.ndarray:
+    """A uniformly drawn unmasked action: an int for ``Discrete``, one draw per part (the
+    sb3-contrib flat-mask convention) for the ``MultiDiscrete`` of ``retention="agent"``."""
+    mask = env.unwrapped.action_masks()
+    space = env.unwrapped.action_space
+    if not isinstance(space, gym.spaces.MultiDiscrete):
+        return int(rng.choice(np.flatnonzero(mask)))
+    parts = np.split(mask, np.cumsum(space.nvec)[:-1])
+    return np.array([rng.choice(np.flatnonzero(part)) for part in parts], dtype=np.int64)
+
+
 def _trajectory(env_id: str, backend: str, seed: int) -> list:
     env = make(env_id, backend)
     obs, _ = env.reset(seed=seed)
@@ -57,10 +68,10 @@ def _trajectory(env_id: str, backend: str, seed: int) -> list:
     out = []
     done = False
     while not done:
-        mask = env.unwrapped.action_masks()
-        action = int(rng.choice(np.flatnonzero(mask)))
+        action = _random_valid_action(env, rng)
         obs, reward, term, trunc, info = env.step(action)
-        out.append((action, reward, info["accuracy"], info["task_id"], obs["similarity"].tolist()))
+        out.append((np.asarray(action).tolist(), reward, info["accuracy"], info["task_id"],
+                    obs["similarity"].tolist()))
         done = term or trunc
     env.close()
     return out

@@ -133,3 +133,61 @@ def test_forgetting_and_transfer_are_recovered_from_keep_current_starts():
         assert got == pytest.approx((gamma, transfer), abs=2e-3)
     # no first-visit advantage: no transfer, gamma from the revisit alone
     assert forgetting_and_transfer(CURVE, None, float(CURVE.acc(1.0)), M, L) == (0.0, 0.0)
+
+
+# ------------------------------------------------------------------ negative transfer (fit gap)
+ANALYTIC = dict(a_star=0.95, D=0.5, tau=6.0, gamma=0.9, transfer=0.05, kappa=0.8,
+                eval_samples=0)
+
+
+def _env_returns(agent, M, L, C, K=None, eviction="lru", seed=0):
+    import gymnasium as gym
+
+    import nsr_gym  # noqa: F401
+    from nsr_gym.agents import Oracle, make_agent, rollout
+
+    kw = dict(backend="analytic", tasks="permuted_digits", n_tasks=M, schedule="cyclic",
+              phase_length=L, n_cycles=C, lambda_switch=0.05, learner=ANALYTIC,
+              eviction=eviction, **({"capacity": K} if K else {}))
+    env = gym.make("nsr_gym/CyclicSplitDigits-v0", **kw)
+    policy = Oracle(first_visit="keep") if agent == "bank" else make_agent(agent)
+    log = rollout(env, policy, seed)
+    env.close()
+    return log
+
+
+@pytest.mark.parametrize("K,eviction,rule", [(None, "lru", "pin"), (2, "reject", "pin"),
+                                             (2, "lru", "lru"), (3, "fifo", "fifo")])
+def test_transfer_model_without_its_terms_is_the_analytic_env(K, eviction, rule):
+    from nsr_gym.theory.negative_transfer import TransferModel, simulate_agent
+
+    model = TransferModel(0.95, 0.5, 6.0, 0.9, 0.05, 0.8, 0.8)
+    M, L, C = 4, 5, 3
+    for agent in ("bank", "always-fresh", "keep-current", "fixed-slot", "similarity"):
+        log = _env_returns(agent, M, L, C, K, eviction)
+        per_cycle = log.groupby(log["t"] // (M * L))["reward"].sum().to_numpy()
+        np.testing.assert_allclose(simulate_agent(model, agent, M, L, C, 0.05, K, rule),
+                                   per_cycle, rtol=0, atol=1e-9, err_msg=agent)
+
+
+def test_replay_of_logged_actions_is_the_analytic_env_and_the_slow_down_is_recovered():
+    from dataclasses import replace
+
+    from nsr_gym.theory.negative_transfer import TransferModel, fit_negative_transfer, replay
+
+    M, L, C = 4, 6, 4
+    model = TransferModel(0.95, 0.5, 6.0, 0.9, 0.05, 0.8, 0.8)
+    logs = [_env_returns("random-slot", M, L, C, seed=s) for s in range(3)]
+    actions = np.stack([lg["action"].to_numpy()[::L] for lg in logs])
+    schedule = np.arange(M * C) % M
+    acc = replay(model, actions, schedule, L)
+    np.testing.assert_allclose(acc.reshape(3, -1), np.stack([lg["accuracy"] for lg in logs]),
+                               rtol=0, atol=1e-12)
+    truth = replace(model, kappa_other=0.95, beta=0.3, c=2.0)
+    returns = replay(truth, actions, schedule, L).sum(axis=2)
+    fitted, diag = fit_negative_transfer(replace(model, kappa_other=0.95),
+                                         {"random-slot": {"actions": actions,
+                                                          "returns": returns}}, schedule, M, L)
+    assert diag["rmse_after"] < 1e-6 < diag["rmse_before"]
+    np.testing.assert_allclose(replay(fitted, actions, schedule, L).sum(axis=2), returns,
+                               atol=1e-5)

@@ -1,10 +1,16 @@
-"""No file a user keeps is unpickled: the project's code never calls a pickle-based loader.
+"""No file the project writes is unpickled: the project's code never calls a pickle-based loader.
 
 An AST scan (comments and docstrings do not count; import aliases are resolved) of ``nsr_gym/``,
 ``agents/`` and ``theory/`` for: ``pickle``/``dill``/``cloudpickle``/``joblib``/``marshal`` loads,
-``shelve.open``, ``pandas.read_pickle``, ``torch.load`` without ``weights_only=True``,
-``numpy.load`` with ``allow_pickle`` not ``False``, ``yaml.load`` without a safe loader, and
-``load`` on SB3 / sb3-contrib algorithm classes (their zip format unpickles with cloudpickle).
+subclasses of their ``Unpickler``, ``shelve.open``, ``pandas.read_pickle``, ``torch.load``
+without ``weights_only=True``, ``numpy.load`` with ``allow_pickle`` not ``False``, ``yaml.load``
+without a safe loader, and ``load`` on SB3 / sb3-contrib algorithm classes (their zip format
+unpickles with cloudpickle).
+
+The one exception is :data:`ALLOWED_UNPICKLERS`: CIFAR's official batches are pickles, read
+through ``nsr_gym/paper_data.py``'s ``_ArrayUnpickler``, whose ``find_class`` resolves numpy's
+array rebuilders and nothing else. Trained SB3 policies load from safetensors only: ``agents/``
+has no ``torch.load`` at all, not even with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ ALWAYS = {f"{m}.{f}" for m in ("pickle", "_pickle", "cPickle", "dill", "cloudpic
     "stable_baselines3.common.save_util.load_from_zip_file"}
 #: Packages whose algorithm classes have a pickle-based ``.load``.
 SB3_PACKAGES = ("stable_baselines3", "sb3_contrib")
+#: ``Unpickler`` classes a subclass may not extend (unless allowed below).
+UNPICKLERS = {f"{m}.Unpickler" for m in ("pickle", "_pickle", "cPickle", "dill", "cloudpickle")}
+#: (file, class) of the one restricted unpickler allowed: it must override ``find_class``.
+ALLOWED_UNPICKLERS = {("nsr_gym/paper_data.py", "_ArrayUnpickler")}
 
 
 def _is_true(node: ast.AST | None) -> bool:
@@ -64,16 +74,35 @@ def _dotted(node: ast.AST, aliases: dict[str, str]) -> str | None:
         else name
 
 
+def _unpickler_subclass(node: ast.ClassDef, aliases: dict[str, str], filename: str) -> list[str]:
+    """A hit for a class extending an ``Unpickler``, unless it is the allowed restricted one
+    (which must define ``find_class``)."""
+    bases = [_dotted(b, aliases) for b in node.bases]
+    if not any(b in UNPICKLERS for b in bases):
+        return []
+    restricted = any(isinstance(f, ast.FunctionDef) and f.name == "find_class" for f in node.body)
+    if (filename, node.name) in ALLOWED_UNPICKLERS and restricted:
+        return []
+    return [f"{filename}:{node.lineno}: class {node.name}({', '.join(map(str, bases))})"]
+
+
+def _import_of_load(node: ast.ImportFrom, filename: str) -> list[str]:
+    """A hit for ``from pickle import load`` (or loads, Unpickler) and its kin."""
+    if node.module and node.module.split(".")[0] in ("pickle", "_pickle", "dill", "cloudpickle") \
+            and any(a.name in ("load", "loads", "Unpickler") for a in node.names):
+        return [f"{filename}:{node.lineno}: from {node.module} import load"]
+    return []
+
+
 def pickle_loads(source: str, filename: str = "<source>") -> list[str]:
     """``file:line: call`` for every pickle-based load in ``source``."""
     tree = ast.parse(source, filename)
     aliases = _aliases(tree)
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module and \
-                node.module.split(".")[0] in ("pickle", "_pickle", "dill", "cloudpickle") and \
-                any(a.name in ("load", "loads", "Unpickler") for a in node.names):
-            found.append(f"{filename}:{node.lineno}: from {node.module} import load")
+        if isinstance(node, (ast.ClassDef, ast.ImportFrom)):
+            found += _unpickler_subclass(node, aliases, filename) \
+                if isinstance(node, ast.ClassDef) else _import_of_load(node, filename)
         if not isinstance(node, ast.Call):
             continue
         name = _dotted(node.func, aliases)
@@ -119,6 +148,10 @@ BAD = [
     "from sb3_contrib import MaskablePPO as M\nM.load('model.zip', env=None)",
     "import cloudpickle\ncloudpickle.loads(b'')",
     "import shelve\nshelve.open('db')",
+    "import pickle\nclass U(pickle.Unpickler):\n    pass",
+    "from pickle import Unpickler as Base\nclass U(Base):\n    def find_class(self, m, n):\n"
+    "        return None",
+    "import _pickle\nclass U(_pickle.Unpickler):\n    pass",
 ]
 GOOD = [
     "import torch\ntorch.load('f', weights_only=True, map_location='cpu')",
@@ -142,6 +175,27 @@ def test_scanner_passes_safe_loads(source):
 
 
 # ----------------------------------------------------------------------------- the project
+
+
+def test_only_the_allowed_restricted_unpickler_passes():
+    source = "import pickle\nclass _ArrayUnpickler(pickle.Unpickler):\n" \
+             "    def find_class(self, module, name):\n        raise ValueError(name)\n"
+    assert pickle_loads(source, "nsr_gym/paper_data.py") == []
+    assert pickle_loads(source, "nsr_gym/other.py")  # the same class anywhere else is a hit
+    unrestricted = "import pickle\nclass _ArrayUnpickler(pickle.Unpickler):\n    pass\n"
+    assert pickle_loads(unrestricted, "nsr_gym/paper_data.py")
+
+
+def test_agents_never_torch_load():
+    """SB3 policies load from safetensors only: no torch.load in agents/, weights_only or not."""
+    files = sorted((ROOT / "agents").rglob("*.py"))
+    hits = []
+    for p in files:
+        tree = ast.parse(p.read_text(encoding="utf-8"))
+        aliases = _aliases(tree)
+        hits += [f"{p.name}:{n.lineno}" for n in ast.walk(tree) if isinstance(n, ast.Call)
+                 and _dotted(n.func, aliases) in ("torch.load", "torch.serialization.load")]
+    assert files and hits == [], hits
 
 
 def test_project_code_has_no_pickle_loads():

@@ -47,6 +47,10 @@ def test_regret_quick_writes_verdicts_resumes_and_fits(tmp_path, monkeypatch, ca
     config = json.loads((fit_out / "analytic_config.json").read_text())["config"]
     prediction = json.loads((fit_out / "prediction.json").read_text())
     assert "always-fresh" in prediction["comparison"]["policies"]
+    transfer = prediction["negative_transfer"]  # the wrong-load slow-down, fitted and predicted
+    assert {"fixed-slot", "random-slot"} <= set(transfer["logged_setting"]["policies"])
+    assert transfer["model"]["beta"] >= 0 and "With negative transfer" in \
+        (fit_out / "prediction.md").read_text()
     assert (fit_out / "analytic" / "verdicts.json").exists()
     env = gym.make("nsr_gym/CyclicSplitDigits-v0", backend="analytic", learner=config)
     env.reset(seed=0)

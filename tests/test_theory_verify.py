@@ -95,3 +95,27 @@ def test_bootstrap_flags_a_violation_and_an_undefined_ratio() -> None:
     undefined = bootstrap_slope_ratio(Y, np.full(n, 0.1), M, 0.5, "M1", rng=0)
     assert math.isnan(undefined.ratio) and undefined.n_invalid == 2000
     assert undefined.verdict() == "inconclusive"
+
+
+def test_bootstrap_takes_theorem3s_factor() -> None:
+    rng = np.random.default_rng(3)
+    n, C, M, K = 40, 6, 5, 2
+    Y = np.cumsum(np.full((n, C), 3.0) + rng.normal(0, 0.05, (n, C)), axis=1)
+    d = np.full(n, 1.05)
+    t3 = bootstrap_slope_ratio(Y, d, M, 0.05, "M0", rng=0, factor=M - K)
+    m0 = bootstrap_slope_ratio(Y, d, M, 0.05, "M0", rng=0)
+    assert t3.ratio == pytest.approx(m0.ratio * M / (M - K)) and t3.bound_slope == 3.0
+    with pytest.raises(ValueError, match="factor"):
+        bootstrap_slope_ratio(Y, d, M, 0.05, "M0", factor=0)
+
+
+def test_attainment_verdict_is_two_sided() -> None:
+    from nsr_gym.theory.verify import attainment_verdict
+
+    assert attainment_verdict(0.98, 1.03) == "tight"
+    assert attainment_verdict(1.0, 1.0) == "tight"
+    assert attainment_verdict(0.90, 0.96, tol=0.05) == "tight"  # reaches into [0.95, 1.05]
+    assert attainment_verdict(1.2, 1.4) == "not tight"
+    assert attainment_verdict(0.5, 0.9) == "not tight"
+    assert attainment_verdict(0.2, 1.9, max_width=0.5) == "inconclusive"
+    assert attainment_verdict(float("nan"), 1.0) == "inconclusive"

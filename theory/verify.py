@@ -13,6 +13,13 @@ Protocol (theory/THEORY.md, "Verifying"):
 4. A one-sided verdict: the lower bound is *violated* only when the ratio's upper 95% limit is
    below ``1 - tol``. Tight policies sit exactly at ratio 1, so requiring the lower limit to be
    ``>= 1`` would reject a true bound half the time.
+5. Where a theorem also says a policy *attains* its bound (Theorem 3 (iii): pinning; (iv): LRU
+   and FIFO at the M0 rate; Theorem 1': keep-current at the M0 bound), ``attainment_verdict``
+   is the two-sided check of that claim: "tight" when the ratio's CI reaches into
+   ``[1 - tol, 1 + tol]``, "not tight" when the whole CI lies outside it.
+
+Theorem 3's bound has the factor ``M - K`` (misses per revisit cycle with ``K`` slots):
+``bootstrap_slope_ratio(..., factor=M - K)`` takes any factor in place of the class's.
 """
 
 from __future__ import annotations
@@ -25,8 +32,10 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 __all__ = [
+    "Attainment",
     "SlopeRatio",
     "Verdict",
+    "attainment_verdict",
     "bootstrap_slope_ratio",
     "cum_regret_by_cycle",
     "one_sided_verdict",
@@ -34,6 +43,7 @@ __all__ = [
 ]
 
 Verdict = Literal["holds", "violated", "inconclusive"]
+Attainment = Literal["tight", "not tight", "inconclusive"]
 
 
 def cum_regret_by_cycle(rewards_ref: ArrayLike, rewards: ArrayLike, n_cycles: int) -> np.ndarray:
@@ -111,6 +121,7 @@ def bootstrap_slope_ratio(
     n_resamples: int = 2000,
     rng: np.random.Generator | int | None = None,
     level: float = 0.95,
+    factor: float | None = None,
 ) -> SlopeRatio:
     """Seed-bootstrap CI of ``slope / bound slope``, re-estimating ``Delta`` in every resample.
 
@@ -124,6 +135,8 @@ def bootstrap_slope_ratio(
         n_resamples: Bootstrap resamples (theory/THEORY.md asks for at least 2000).
         rng: Generator or seed.
         level: Two-sided confidence level of the percentile interval.
+        factor: The bound's factor in place of the class's ``M - 1`` / ``M`` (Theorem 3:
+            ``M - K``, misses per revisit cycle with ``K < M`` slots); must be ``> 0``.
 
     Returns:
         ``SlopeRatio``. If more than ``1 - level`` of the resamples have a bound slope ``<= 0``,
@@ -137,7 +150,11 @@ def bootstrap_slope_ratio(
         )
     if policy_class not in ("M0", "M1"):
         raise ValueError(f"policy_class must be 'M0' or 'M1', got {policy_class!r}")
-    factor = float(M - 1 if policy_class == "M1" else M)
+    if factor is None:
+        factor = float(M - 1 if policy_class == "M1" else M)
+    elif not factor > 0:
+        raise ValueError(f"factor must be > 0, got {factor}")
+    factor = float(factor)
     n = d.size
     slopes = np.asarray(regret_slope(Y), dtype=np.float64).reshape(n)
     gen = np.random.default_rng(rng)
@@ -201,3 +218,30 @@ def one_sided_verdict(
         if ci_width is None or math.isnan(ci_width) or ci_width > max_width:
             return "inconclusive"
     return "holds"
+
+
+def attainment_verdict(
+    ci_low: float,
+    ci_high: float,
+    tol: float = 0.05,
+    max_width: float | None = None,
+) -> Attainment:
+    """Two-sided check that a policy *attains* its bound (ratio 1) from the ratio's CI.
+
+    * ``"not tight"`` when the whole interval lies outside ``[1 - tol, 1 + tol]`` (decided first,
+      as in :func:`one_sided_verdict`: width limits what we can confirm, not what we refute);
+    * ``"inconclusive"`` when the interval is undefined (NaN) or wider than ``max_width``;
+    * ``"tight"`` otherwise: the interval reaches into ``[1 - tol, 1 + tol]``.
+
+    Args:
+        ci_low, ci_high: The ratio's CI.
+        tol: Half-width of the band around 1 still read as equality.
+        max_width: Widest interval that may confirm it (None: no limit).
+    """
+    if math.isnan(ci_low) or math.isnan(ci_high):
+        return "inconclusive"
+    if ci_high < 1.0 - tol or ci_low > 1.0 + tol:
+        return "not tight"
+    if max_width is not None and ci_high - ci_low > max_width:
+        return "inconclusive"
+    return "tight"

@@ -1,16 +1,40 @@
 """SVD compression of LoRA factors (NSR cycle, step 1: compress before reserving in the bank).
 
 :func:`compress_lora` truncates ``dW = B @ A`` through two thin QRs and an ``r x r`` SVD, never
-forming ``dW``; :func:`dense_truncated_svd` is the dense route it is measured against
-(``nsr-gym perf``).
+forming ``dW``; :func:`truncate_lora` is the same computation that also reports the kept rank and
+the fraction of the energy kept, so the rank an energy threshold chose is visible per layer of
+each entry (:func:`payload_ranks` reads the ranks back from a stored payload);
+:func:`dense_truncated_svd` is the dense route it is measured against (``nsr-gym perf``).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
+from typing import NamedTuple
 
 import numpy as np
 import torch
+
+__all__ = ["LoraTruncation", "compress_lora", "dense_truncated_svd", "payload_ranks",
+           "truncate_lora"]
+
+
+class LoraTruncation(NamedTuple):
+    """One layer's truncation (:func:`truncate_lora`).
+
+    Attributes:
+        B: ``(m, k)`` float32 factor.
+        A: ``(k, n)`` float32 factor.
+        rank: The kept rank ``k``.
+        energy: Fraction of ``||dW||_F^2`` the kept directions carry, in ``[0, 1]`` (1.0 for a
+            zero ``dW``).
+    """
+
+    B: torch.Tensor
+    A: torch.Tensor
+    rank: int
+    energy: float
 
 
 def compress_lora(
@@ -40,6 +64,14 @@ def compress_lora(
     Raises:
         ValueError: for non-2-D or mismatched shapes, NaN/inf, or a bad ``rank``/``energy``.
     """
+    out = truncate_lora(B, A, rank, energy)
+    return out.B, out.A
+
+
+def truncate_lora(B: torch.Tensor, A: torch.Tensor, rank: int | None = None,
+                  energy: float | None = None) -> LoraTruncation:
+    """:func:`compress_lora` (same arguments, same factors bit for bit), with the kept rank and
+    the fraction of the energy kept."""
     if B.ndim != 2 or A.ndim != 2 or B.shape[1] != A.shape[0]:
         raise ValueError(f"compress_lora needs B (m, r), A (r, n); got {tuple(B.shape)}, "
                          f"{tuple(A.shape)}")
@@ -58,7 +90,8 @@ def compress_lora(
     if not (math.isfinite(float(b64.sum())) and math.isfinite(float(a64.sum()))) and not (
             bool(torch.isfinite(b64).all()) and bool(torch.isfinite(a64).all())):
         raise ValueError("compress_lora: B and A must be finite (found NaN or inf)")
-    zeros = (torch.zeros(m, 1, device=B.device), torch.zeros(1, n, device=B.device))
+    zeros = LoraTruncation(torch.zeros(m, 1, device=B.device), torch.zeros(1, n, device=B.device),
+                           1, 1.0)
     if min(m, n, r) == 0:
         return zeros
     q_b, r_b = torch.linalg.qr(b64)  # (m, p), (p, r), p = min(m, r)
@@ -71,7 +104,16 @@ def compress_lora(
     root = s[:k].sqrt()
     b_k = (q_b @ u[:, :k]) * root
     a_k = root[:, None] * (vh[:k] @ q_a.T)
-    return b_k.to(torch.float32).contiguous(), a_k.to(torch.float32).contiguous()
+    s2 = s_np.astype(np.float64) ** 2
+    return LoraTruncation(b_k.to(torch.float32).contiguous(), a_k.to(torch.float32).contiguous(),
+                          int(k), float(s2[:k].sum() / s2.sum()))
+
+
+def payload_ranks(payload: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """Layer name -> kept rank ``k`` of each ``<layer>.A`` ``(k, n)`` factor of a payload (the
+    rank an energy threshold chose for that layer of that entry)."""
+    return {name[:-2]: int(t.shape[0]) for name, t in payload.items()
+            if name.endswith(".A") and t.ndim == 2}
 
 
 def _select_rank(s: np.ndarray, rel_tol: float, rank: int | None, energy: float | None) -> int:

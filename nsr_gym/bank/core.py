@@ -9,8 +9,15 @@ write. Its files are :mod:`nsr_gym.bank.files`' (``bank.safetensors`` plus a che
 ``manifest.json``, written atomically, read without pickle), which :meth:`TaskKnowledgeBank.save`
 and :meth:`TaskKnowledgeBank.load` call.
 
-Imports inside the package point one way: ``core`` imports ``entry``, ``files`` and ``view``,
-which import only ``entry``; ``geometry`` and ``disk`` import ``core``.
+A bank may also have a byte budget (``capacity_bytes``): the entries' exact bytes
+(:attr:`BankEntry.nbytes`) never sum to more. A write that would exceed it evicts by the policy,
+as many entries as it takes (:func:`nsr_gym.bank.eviction.make_room`); smaller entries (float16
+payloads, lower SVD ranks) so hold more tasks in the same bytes. Without one (the default), the
+slots alone bound the bank, exactly as before.
+
+Imports inside the package point one way: ``core`` imports ``checks``, ``entry``, ``eviction``,
+``files`` and ``view``, which import only ``checks`` and ``entry``; ``geometry`` and ``disk``
+import ``core``.
 """
 
 from __future__ import annotations
@@ -19,15 +26,16 @@ import math
 import operator
 import os
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 
+from nsr_gym.bank.checks import PAYLOAD_DTYPES
 from nsr_gym.bank.entry import BankEntry, unique_ids
+from nsr_gym.bank.eviction import EVICTION_POLICIES, make_room
 from nsr_gym.bank.files import KEY_TENSOR, load_bank, save_bank
 from nsr_gym.bank.view import BankView
-
-EVICTION_POLICIES: tuple[str, ...] = ("lru", "fifo", "lfu", "least_unique", "reject")
 
 #: Recall's novelty threshold: a task whose best cosine with every key is below this counts as
 #: unlike anything stored (NSR's similarity rule starts a fresh subspace for it).
@@ -46,16 +54,30 @@ class TaskKnowledgeBank:
         capacity: number of slots ``K >= 1``.
         key_dim: embedding dimension ``d >= 1``.
         eviction: one of ``EVICTION_POLICIES``.
+        capacity_bytes: byte budget ``>= 1`` on the entries' total ``nbytes`` (``None``: the
+            slots alone bound the bank).
+
+    Attributes:
+        last_evicted: The entries the latest insert, update or write evicted, in the policy's
+            order (more than one only under a byte budget).
     """
 
-    def __init__(self, capacity: int, key_dim: int, eviction: str = "lru") -> None:
+    def __init__(self, capacity: int, key_dim: int, eviction: str = "lru",
+                 capacity_bytes: int | None = None) -> None:
         if int(capacity) < 1:
             raise ValueError(f"TaskKnowledgeBank capacity must be >= 1, got {capacity}")
         if int(key_dim) < 1:
             raise ValueError(f"TaskKnowledgeBank key_dim must be >= 1, got {key_dim}")
         if eviction not in EVICTION_POLICIES:
             raise ValueError(f"unknown eviction {eviction!r}; choose one of {EVICTION_POLICIES}")
+        if capacity_bytes is not None and (isinstance(capacity_bytes, (bool, np.bool_)) or
+                                           not isinstance(capacity_bytes, (int, np.integer))
+                                           or capacity_bytes < 1):
+            raise ValueError(f"TaskKnowledgeBank capacity_bytes must be None or an int >= 1 "
+                             f"(bytes), got {capacity_bytes!r}")
         self.capacity, self.key_dim, self.eviction = int(capacity), int(key_dim), eviction
+        self.capacity_bytes = None if capacity_bytes is None else int(capacity_bytes)
+        self.last_evicted: list[BankEntry] = []
         self.slots: list[BankEntry | None] = [None] * self.capacity
         self._keys = np.zeros((self.capacity, self.key_dim), dtype=np.float32)
         self._next_order = 0  # persisted, so FIFO order survives a save/load round trip
@@ -151,6 +173,13 @@ class TaskKnowledgeBank:
         """Mean bytes per occupied slot; 0.0 for an empty bank."""
         return self.total_bytes / len(self) if len(self) else 0.0
 
+    def fits(self, entry: BankEntry, slot: int | None = None) -> bool:
+        """Whether ``entry`` could be stored (in ``slot``, replacing what it holds, or by
+        :meth:`insert`) without evicting anything: a slot for it, and bytes under the budget."""
+        room = make_room(self.slots, self._keys, "reject", entry.nbytes, self.capacity_bytes,
+                         None if slot is None else self._index(slot))
+        return room == []
+
     # --- mutation ----------------------------------------------------------------------------
 
     def insert(self, entry: BankEntry, step: int) -> tuple[int | None, BankEntry | None]:
@@ -160,17 +189,23 @@ class TaskKnowledgeBank:
         ``inserted_order``; lfu = smallest ``usage`` (ties: smallest ``last_used_step``, then
         oldest insert); least_unique = the entry whose key has the highest cosine to another
         stored key (ties: lower slot); reject = admission control, nothing is stored when full.
-        Pinned entries are never victims.
+        Pinned entries are never victims. Under a byte budget, victims go in that order until
+        the entry's bytes fit too (all of them are in :attr:`last_evicted`); an entry that cannot
+        fit (larger than the budget, or only pinned entries to evict) is not stored.
 
         Returns:
-            ``(slot, evicted)``; ``(None, None)`` when the entry was not stored.
+            ``(slot, evicted)``: ``evicted`` is the first victim (None when there was room);
+            ``(None, None)`` when the entry was not stored.
         """
         self._check_entry(entry)
-        empty = [k for k, e in enumerate(self.slots) if e is None]
-        slot = empty[0] if empty else self._victim()
-        if slot is None:
+        self.last_evicted = []
+        victims = make_room(self.slots, self._keys, self.eviction, entry.nbytes,
+                            self.capacity_bytes)
+        if victims is None:
             return None, None
-        evicted = None if empty else self.slots[slot]
+        empty = [k for k, e in enumerate(self.slots) if e is None]
+        slot = empty[0] if empty else victims[0]
+        evicted = self._evict(victims, keep=slot)
         self._admit(slot, entry, step)
         return slot, evicted
 
@@ -184,19 +219,28 @@ class TaskKnowledgeBank:
         and last used at ``step``, the next insertion order). Pins and the eviction policy play no
         part: the caller chose the slot.
 
+        Under a byte budget the entry must fit once the slot's old entry is gone
+        (:meth:`fits`); the caller chose what to give up, so nothing else is evicted.
+
         Returns:
             The entry replaced (another owner's), or None (the slot was empty, or updated in place).
 
         Raises:
-            IndexError: for a slot out of range; ValueError for an invalid entry.
+            IndexError: for a slot out of range; ValueError for an invalid entry, or one that does
+                not fit the byte budget.
         """
         k = self._index(slot)
         old = self.slots[k]
+        self.last_evicted = []
         if old is not None and old.owner == entry.owner:
-            self.update(k, entry, step)
+            if not self.update(k, entry, step):
+                raise ValueError(self._too_big(entry, k))
             return None
         self._check_entry(entry)
+        if not self.fits(entry, k):
+            raise ValueError(self._too_big(entry, k))
         self._admit(k, entry, step)
+        self.last_evicted = [] if old is None else [old]
         return old
 
     def insert_many(self, entries: Iterable[BankEntry], step: int) -> list[int]:
@@ -210,13 +254,18 @@ class TaskKnowledgeBank:
             The slots used, in the order of ``entries``.
 
         Raises:
-            ValueError: for more entries than empty slots, or an invalid entry (nothing is stored).
+            ValueError: for more entries than empty slots or bytes than the budget leaves, or an
+                invalid entry (nothing is stored).
         """
         entries = list(entries)
         empty = [k for k, e in enumerate(self.slots) if e is None]
         if len(entries) > len(empty):
             raise ValueError(f"insert_many: {len(entries)} entries for {len(empty)} empty slots; "
                              "use insert() to store with eviction")
+        if self.capacity_bytes is not None and \
+                self.total_bytes + sum(e.nbytes for e in entries) > self.capacity_bytes:
+            raise ValueError(f"insert_many: the entries do not fit capacity_bytes="
+                             f"{self.capacity_bytes}; use insert() to store with eviction")
         stored = {id(e) for e in self.slots if e is not None}
         for entry in entries:
             self._check_entry(entry, stored)
@@ -238,21 +287,37 @@ class TaskKnowledgeBank:
             self._view = None  # rebuilt on next use: one O(K) pass for the whole batch
         return slots
 
-    def update(self, slot: int, entry: BankEntry, step: int) -> None:
+    def update(self, slot: int, entry: BankEntry, step: int) -> bool:
         """Put ``entry`` in occupied ``slot`` in place of the old entry, keeping its ``usage``,
         ``pinned``, ``inserted_order`` and ``created_step``; ``tasks_served`` = old ids then new;
-        ``last_used_step = step``."""
+        ``last_used_step = step``.
+
+        Under a byte budget, a larger entry evicts other entries by the policy until it fits
+        (:attr:`last_evicted`); where none can go (``reject``, pins, or an entry larger than the
+        budget) the update is refused and the old entry stays.
+
+        Returns:
+            True when ``entry`` was stored (always, without a byte budget).
+        """
         old = self._occupied_entry(slot)
+        self.last_evicted = []
         if entry is not old:
             self._check_entry(entry)
         else:
             entry.key = self._as_key(entry.key, "entry.key")
+        if self.capacity_bytes is not None:
+            victims = make_room(self.slots, self._keys, self.eviction, entry.nbytes,
+                                self.capacity_bytes, target=slot)
+            if victims is None:
+                return False
+            self._evict(victims, keep=slot)
         # Read everything kept before writing anything: ``entry`` may be ``old`` itself.
         kept = (old.usage, old.pinned, old.inserted_order, old.created_step)
         entry.tasks_served = unique_ids(list(old.tasks_served) + list(entry.tasks_served))
         entry.usage, entry.pinned, entry.inserted_order, entry.created_step = kept
         entry.last_used_step = int(step)
         self._place(slot, entry)
+        return True
 
     def touch(self, slot: int, step: int) -> None:
         """Record a load of ``slot``: ``usage += 1`` and ``last_used_step = step``."""
@@ -274,11 +339,16 @@ class TaskKnowledgeBank:
         no new steps or order). :func:`nsr_gym.bank.files.load_bank` calls it.
 
         Raises:
-            ValueError: for a slot out of range or already occupied.
+            ValueError: for a slot out of range or already occupied, or entries over the byte
+                budget.
         """
         for slot in entries:
             if self.slots[self._index(slot)] is not None:
                 raise ValueError(f"restore: bank slot {slot} is occupied")
+        if self.capacity_bytes is not None and \
+                self.total_bytes + sum(e.nbytes for e in entries.values()) > self.capacity_bytes:
+            raise ValueError(f"restore: the entries do not fit capacity_bytes="
+                             f"{self.capacity_bytes}")
         for slot, entry in entries.items():
             self._place(slot, entry)
         self._next_order = int(next_inserted_order)
@@ -303,6 +373,23 @@ class TaskKnowledgeBank:
         self._version += 1
 
     # --- internals ---------------------------------------------------------------------------
+
+    def _evict(self, victims: list[int], keep: int) -> BankEntry | None:
+        """Empty the ``victims`` slots except ``keep`` (which the caller overwrites); they all go
+        to :attr:`last_evicted`. Returns the first victim, or None."""
+        self.last_evicted = [self.slots[k] for k in victims]
+        for k in victims:
+            if k != keep:
+                self.slots[k] = None
+                self._keys[k] = 0.0
+                self._view = None  # rebuilt on next use (evictions for bytes only)
+                self._version += 1
+        return self.last_evicted[0] if victims else None
+
+    def _too_big(self, entry: BankEntry, slot: int) -> str:
+        return (f"an entry of {entry.nbytes} bytes does not fit slot {slot} under "
+                f"capacity_bytes={self.capacity_bytes} ({self.total_bytes} held); write it "
+                "elsewhere, drop it, or free bytes first")
 
     def _admit(self, slot: int, entry: BankEntry, step: int) -> None:
         """Place a new ``entry`` in ``slot`` with the fields an insert gives it."""
@@ -343,7 +430,10 @@ class TaskKnowledgeBank:
                                  f"{KEY_TENSOR!r}")
             if not isinstance(t, torch.Tensor):
                 raise TypeError(f"entry.tensors[{name!r}] must be a torch.Tensor, got {type(t)}")
-            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            if str(t.dtype).removeprefix("torch.") not in PAYLOAD_DTYPES:
+                raise ValueError(f"entry.tensors[{name!r}] is {t.dtype}; a bank stores "
+                                 f"{', '.join(PAYLOAD_DTYPES)} payloads only")
+            if not bool(torch.isfinite(t).all()):
                 raise ValueError(f"entry.tensors[{name!r}] holds NaN or inf; a bank never stores "
                                  "non-finite tensors (skip the insert instead)")
 
@@ -359,33 +449,14 @@ class TaskKnowledgeBank:
             else:
                 self._view.placed(slot, entry, old)
 
-    def _victim(self) -> int | None:
-        if self.eviction == "reject":
-            return None
-        cands = {k: e for k, e in enumerate(self.slots) if e is not None and not e.pinned}
-        if not cands:
-            return None
-        if self.eviction == "lru":
-            return min(cands, key=lambda k: (cands[k].last_used_step, cands[k].inserted_order))
-        if self.eviction == "fifo":
-            return min(cands, key=lambda k: cands[k].inserted_order)
-        if self.eviction == "lfu":
-            e = cands
-            return min(e, key=lambda k: (e[k].usage, e[k].last_used_step, e[k].inserted_order))
-        # least_unique: redundancy = max cosine to any other stored key (pinned ones included).
-        keys = self._keys.astype(np.float64)
-        gram = keys @ keys.T
-        gram = (gram + gram.T) / 2.0  # exact symmetry, so a redundant pair ties -> lower slot
-        gram[:, ~self.occupied()] = -np.inf
-        np.fill_diagonal(gram, -np.inf)
-        return max(cands, key=lambda k: (gram[k].max(), -k))
-
     # --- files (nsr_gym.bank.files) --------------------------------------------------------
 
-    def save(self, path: str | os.PathLike) -> None:
+    def save(self, path: str | os.PathLike, geometry: Mapping[str, Any] | None = None) -> None:
         """Write the bank atomically to directory ``path`` (created or replaced): a crash at any
-        point leaves a complete bank on disk (:func:`nsr_gym.bank.files.save_bank`)."""
-        save_bank(self, path)
+        point leaves a complete bank on disk (:func:`nsr_gym.bank.files.save_bank`);
+        ``geometry`` (:func:`nsr_gym.bank.env_geometry`) goes in a ``geometry.json`` that the
+        manifest covers."""
+        save_bank(self, path, geometry)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> TaskKnowledgeBank:

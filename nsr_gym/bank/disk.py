@@ -30,13 +30,14 @@ differ only in their kept SVD rank, so a shard holds a handful of groups.
 :meth:`DiskBank.commit` writes new files under new names and replaces the manifest last
 (``os.replace``), so a reader or a crash sees the previous commit or the new one, never a mix;
 files no manifest names are removed after the commit. Opening reads the manifest and the index
-(checked against its sha256); :meth:`DiskBank.verify` re-hashes the shards (it reads them all).
+and checks both before allocating anything (:mod:`nsr_gym.bank.disk_files`: limits, counts,
+shapes, dtypes, values, the manifest's own checksum and the index's sha256); a shard's header is
+checked when it is opened, and :meth:`DiskBank.verify` re-hashes the shards (it reads them all).
 Nothing is unpickled.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
@@ -49,20 +50,25 @@ from safetensors import safe_open
 from safetensors.numpy import load_file as np_load_file
 from safetensors.numpy import save_file as np_save_file
 
-from nsr_gym.atomic import atomic_path, atomic_write_text, sha256_file
+from nsr_gym.atomic import atomic_path, sha256_file
+from nsr_gym.bank.checks import PAYLOAD_DTYPES
 from nsr_gym.bank.core import TaskKnowledgeBank
+from nsr_gym.bank.disk_files import (
+    DISKBANK_FORMAT_VERSION,
+    INT_FIELDS,
+    MANIFEST,
+    check_shard,
+    read_index,
+    read_manifest,
+    write_manifest,
+)
+from nsr_gym.bank.disk_files import fail as _fail
 from nsr_gym.bank.entry import BankEntry
-from nsr_gym.bank.files import BankFormatError, read_json
 
-DISKBANK_FORMAT_VERSION: int = 1
-_MANIFEST = "manifest.json"
-_KIND = "nsr_gym.DiskBank"
-_INT_FIELDS = ("owner", "usage", "created_step", "last_used_step", "group", "row")
+__all__ = ["DISKBANK_FORMAT_VERSION", "DiskBank"]
 
-
-def _fail(file: Path, problem: str) -> BankFormatError:
-    return BankFormatError(f"{file}: {problem}. Restore the DiskBank directory from a backup or "
-                           "rebuild it")
+_MANIFEST = MANIFEST
+_INT_FIELDS = INT_FIELDS
 
 
 class DiskBank:
@@ -83,32 +89,19 @@ class DiskBank:
     def __init__(self, root: str | os.PathLike, max_open_shards: int = 1024) -> None:
         self.root = Path(root)
         self.max_open_shards = int(max_open_shards)
-        mpath = self.root / _MANIFEST
-        m = read_json(mpath, _fail, "manifest file is missing (create a bank with DiskBank.create)")
-        if not isinstance(m, dict) or m.get("kind") != _KIND:
-            raise _fail(mpath, "not a DiskBank manifest")
-        if m.get("format_version") != DISKBANK_FORMAT_VERSION:
-            raise BankFormatError(f"{mpath}: unknown format_version {m.get('format_version')!r} "
-                                  f"(this nsr_gym reads {DISKBANK_FORMAT_VERSION})")
-        self.key_dim, self.shard_size = int(m["key_dim"]), int(m["shard_size"])
-        self._gen = int(m["generation"])
+        m = read_manifest(self.root)  # every field checked before anything is allocated
+        idx = read_index(self.root, m) if m["index"] is not None else None
+        self.key_dim, self.shard_size = m["key_dim"], m["shard_size"]
+        self._gen = m["generation"]
         self._shards: list[dict[str, Any]] = list(m["shards"])
-        n = int(m["n_entries"])
+        n = m["n_entries"]
         self._keys = np.zeros((max(n, 16), self.key_dim), dtype=np.float32)
         self._ints = {f: np.zeros(max(n, 16), dtype=np.int64) for f in _INT_FIELDS}
         self._served: list[int] = []  # tasks_served of every entry, flat
         # entry i served self._served[off[i]:off[i + 1]]
         self._served_off = np.zeros(len(self._keys) + 1, dtype=np.int64)
         self._n = 0
-        if m["index"] is not None:
-            ipath = self.root / m["index"]["file"]
-            if not ipath.is_file() or sha256_file(ipath) != m["index"]["sha256"]:
-                raise _fail(ipath, "index file is missing or its sha256 differs from the "
-                                   "manifest's")
-            idx = np_load_file(str(ipath))
-            if idx["keys"].shape != (n, self.key_dim):
-                raise _fail(ipath, f"keys are {idx['keys'].shape}, the manifest says "
-                                   f"({n}, {self.key_dim})")
+        if idx is not None:
             self._keys[:n] = idx["keys"]
             for f in _INT_FIELDS:
                 self._ints[f][:n] = idx[f]
@@ -133,10 +126,8 @@ class DiskBank:
         if int(key_dim) < 1 or int(shard_size) < 1:
             raise ValueError("DiskBank needs key_dim >= 1 and shard_size >= 1")
         (root / "shards").mkdir(parents=True, exist_ok=True)
-        manifest = {"kind": _KIND, "format_version": DISKBANK_FORMAT_VERSION,
-                    "key_dim": int(key_dim), "shard_size": int(shard_size), "generation": 0,
-                    "n_entries": 0, "index": None, "shards": []}
-        _atomic_json(root / _MANIFEST, manifest)
+        write_manifest(root, {"key_dim": int(key_dim), "shard_size": int(shard_size),
+                              "generation": 0, "n_entries": 0, "index": None, "shards": []})
         return cls(root)
 
     @classmethod
@@ -218,8 +209,14 @@ class DiskBank:
             return {k: torch.from_numpy(np.array(v)) for k, v in named.items()}
         handle = self._handle(shard)
         g, r = int(self._ints["group"][i]), int(self._ints["row"][i])
-        names = self._shards[shard]["groups"][g]
-        return {name: handle.get_slice(f"g{g}/{name}")[r] for name in names}
+        out = {}
+        for name in self._shards[shard]["groups"][g]:
+            sl = handle.get_slice(f"g{g}/{name}")
+            if r >= sl.get_shape()[0]:
+                raise _fail(self.root / "shards" / self._shards[shard]["file"],
+                            f"entry {i} is row {r} of group {g}, which has {sl.get_shape()[0]}")
+            out[name] = sl[r]
+        return out
 
     def owners(self) -> np.ndarray:
         """``(N,)`` int64 owner task of every entry (a copy)."""
@@ -297,10 +294,7 @@ class DiskBank:
             if shard != self._pending_shard:
                 self._write_pending()
                 self._load_pending(shard)
-            for name in named:
-                if not isinstance(name, str) or not name or "/" in name:
-                    raise ValueError(f"bad tensor name {name!r}: a non-empty str without '/'")
-            self._pending.append({name: np.asarray(arr) for name, arr in named.items()})
+            self._pending.append(_checked_tensors(named))
             self._n = i + 1
             count += 1
             if (i + 1) % self.shard_size == 0:
@@ -321,12 +315,10 @@ class DiskBank:
                  **{f: self._ints[f][:n].copy() for f in _INT_FIELDS}}
         ipath = self.root / f"index-{self._gen:06d}.safetensors"
         _atomic_save(ipath, index)
-        manifest = {"kind": _KIND, "format_version": DISKBANK_FORMAT_VERSION,
-                    "key_dim": self.key_dim, "shard_size": self.shard_size,
-                    "generation": self._gen, "n_entries": n,
-                    "index": {"file": ipath.name, "sha256": sha256_file(ipath)},
-                    "shards": self._shards}
-        _atomic_json(self.root / _MANIFEST, manifest)
+        write_manifest(self.root, {"key_dim": self.key_dim, "shard_size": self.shard_size,
+                                   "generation": self._gen, "n_entries": n,
+                                   "index": {"file": ipath.name, "sha256": sha256_file(ipath)},
+                                   "shards": self._shards})
         named = {ipath.name} | {s["file"] for s in self._shards}
         for p in [*self.root.glob("index-*.safetensors"), *(self.root / "shards").glob("*")]:
             if p.name not in named:
@@ -379,7 +371,11 @@ class DiskBank:
         handle = self._open.get(shard)
         if handle is None:
             path = self.root / "shards" / self._shards[shard]["file"]
-            handle = safe_open(str(path), framework="pt")
+            try:
+                handle = safe_open(str(path), framework="pt")
+            except Exception as exc:  # missing file, or safetensors' own error types
+                raise _fail(path, f"shard could not be opened ({exc})") from exc
+            check_shard(handle, self._shards[shard], path)
             self._open[shard] = handle
             while len(self._open) > self.max_open_shards:
                 self._open.popitem(last=False)
@@ -435,12 +431,22 @@ class DiskBank:
             self._pending, self._pending_shard = [], -1
 
 
+def _checked_tensors(named: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``named`` as arrays, after checking names (non-empty, no ``/``) and payload dtypes."""
+    out = {}
+    for name, arr in named.items():
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ValueError(f"bad tensor name {name!r}: a non-empty str without '/'")
+        out[name] = np.asarray(arr)
+        if out[name].dtype.name not in PAYLOAD_DTYPES:
+            raise ValueError(f"tensor {name!r} is {out[name].dtype}; a DiskBank stores "
+                             f"{', '.join(PAYLOAD_DTYPES)} payloads only")
+    return out
+
+
 def _atomic_save(path: Path, tensors: dict[str, np.ndarray]) -> None:
     """Write a safetensors file atomically (:func:`nsr_gym.atomic.atomic_path`: fsynced, then
     renamed), so the manifest naming the file is written after it is on disk."""
     with atomic_path(path) as tmp:
         np_save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
 
-
-def _atomic_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, separators=(",", ":")))

@@ -1,11 +1,18 @@
 """Bank files: a TaskKnowledgeBank on disk, written atomically and read without pickle.
 
-A bank directory holds ``bank.safetensors`` (every entry's tensors and key) and
-``manifest.json`` (format version, bank parameters, per-entry metadata, tensor specs and sha256
-checksums, and the manifest's own checksum). :func:`save_bank` writes both in a temporary
-sibling directory and swaps it into place (:func:`nsr_gym.atomic.replace_dir`); :func:`load_bank`
-checks everything before it returns, and any problem is a :class:`BankFormatError` naming the
-file and what to do. :meth:`TaskKnowledgeBank.save` and :meth:`TaskKnowledgeBank.load` call these.
+A bank directory holds ``bank.safetensors`` (every entry's tensors and key), ``manifest.json``
+(format version, bank parameters, per-entry metadata, tensor specs and sha256 checksums, the
+sha256 of ``geometry.json`` where the bank has one, and the manifest's own checksum), and
+optionally ``geometry.json`` (what env the bank fits, :mod:`nsr_gym.bank.geometry`). The manifest
+covers everything the directory holds: a ``geometry.json`` it does not name, one it names that is
+missing or differs, or any other file, is a :class:`BankFormatError`.
+
+:func:`save_bank` writes the files in a temporary sibling directory and swaps it into place
+(:func:`nsr_gym.atomic.replace_dir`); :func:`attach_geometry` adds or replaces ``geometry.json``
+the same way. :func:`load_bank` validates before it allocates: the manifest is read through the
+bounded JSON reader, every declared size, count, shape and dtype is checked against
+:mod:`nsr_gym.bank.checks`' limits, then the tensor file against the manifest (checksum, sizes,
+specs, finite values), the manifest against its own checksum, and only then is a bank built.
 
 This module knows the file format, not the bank class: it reads and writes any bank with the
 small public surface of :class:`StoredBank` (``nsr_gym.bank.core`` imports this module, never
@@ -18,42 +25,39 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from nsr_gym.atomic import (
-    replace_dir,
-    sha256_bytes,
-    sha256_file,
-    sha256_json,
-    temp_dir_beside,
-)
+from nsr_gym.atomic import atomic_write_text, replace_dir, sha256_file, temp_dir_beside
+from nsr_gym.bank.checks import BankFormatError, Fields, read_json
 from nsr_gym.bank.entry import BankEntry
+from nsr_gym.bank.manifest import (
+    BANK_FORMAT_VERSION,
+    GEOMETRY_FILE,
+    GEOMETRY_SHA,
+    INT_FIELDS,
+    KEY_TENSOR,
+    MANIFEST,
+    MANIFEST_SHA,
+    READABLE_BANK_VERSIONS,
+    TENSORS,
+    bank_parameters,
+    check_directory,
+    declared_entry,
+    entry_sha256,
+    fail,
+    manifest_sha256,
+    read_manifest,
+    spec,
+)
 
-__all__ = ["BANK_FORMAT_VERSION", "KEY_TENSOR", "READABLE_BANK_VERSIONS", "BankFormatError",
-           "StoredBank", "entry_sha256", "load_bank", "manifest_sha256", "read_json", "save_bank"]
-
-BANK_FORMAT_VERSION: int = 2
-#: Versions :func:`load_bank` reads. Version 2 added ``manifest_sha256`` (the checksum of the
-#: manifest's own contents), so a flipped byte in the metadata is detected too.
-READABLE_BANK_VERSIONS: tuple[int, ...] = (1, 2)
-
-_MANIFEST = "manifest.json"
-_TENSORS = "bank.safetensors"
-_MANIFEST_SHA = "manifest_sha256"
-#: Name of the tensor that holds an entry's key in the file (no payload tensor may use it).
-KEY_TENSOR = "__key__"
-_INT_FIELDS = ("owner", "usage", "created_step", "last_used_step", "inserted_order")
-_FIX = "Restore the bank from a backup, or re-create it and save it with TaskKnowledgeBank.save"
-
-
-class BankFormatError(ValueError):
-    """A bank file is corrupt, truncated, of an unknown version, or does not match; the message
-    names the file, what is wrong, and what to do."""
+__all__ = ["BANK_FORMAT_VERSION", "GEOMETRY_FILE", "KEY_TENSOR", "READABLE_BANK_VERSIONS",
+           "BankFormatError", "StoredBank", "attach_geometry", "entry_sha256", "load_bank",
+           "manifest_sha256", "read_json", "save_bank"]
 
 
 class StoredBank(Protocol):
@@ -63,6 +67,7 @@ class StoredBank(Protocol):
         capacity: Slots ``K``.
         key_dim: Key length ``d``.
         eviction: Eviction policy name.
+        capacity_bytes: Byte budget (``None``: slots only).
         slots: ``K`` entries or ``None``.
         next_inserted_order: The insertion counter the next insert gets (FIFO order).
     """
@@ -70,9 +75,11 @@ class StoredBank(Protocol):
     capacity: int
     key_dim: int
     eviction: str
+    capacity_bytes: int | None
     slots: list[BankEntry | None]
 
-    def __init__(self, capacity: int, key_dim: int, eviction: str) -> None: ...
+    def __init__(self, capacity: int, key_dim: int, eviction: str,
+                 capacity_bytes: int | None = None) -> None: ...
 
     @property
     def next_inserted_order(self) -> int: ...
@@ -86,10 +93,12 @@ BankT = TypeVar("BankT", bound=StoredBank)
 # ----------------------------------------------------------------------------- writing
 
 
-def save_bank(bank: StoredBank, path: str | os.PathLike) -> None:
-    """Write the bank atomically to directory ``path`` (created or replaced).
+def save_bank(bank: StoredBank, path: str | os.PathLike,
+              geometry: Mapping[str, Any] | None = None) -> None:
+    """Write the bank atomically to directory ``path`` (created or replaced), with
+    ``geometry.json`` (covered by the manifest) when ``geometry`` is given.
 
-    Both files are written and fsynced in a temporary sibling directory, then renamed into
+    The files are written and fsynced in a temporary sibling directory, then renamed into
     place; an existing bank is renamed aside first and deleted only once the new one is in
     place, so a crash at any point leaves a complete bank on disk (see :func:`load_bank`).
     """
@@ -98,7 +107,7 @@ def save_bank(bank: StoredBank, path: str | os.PathLike) -> None:
         raise FileExistsError(f"{root} exists and is not a bank directory; choose another path")
     tmp = temp_dir_beside(root, "tmp")
     try:
-        _write(bank, tmp)
+        _write(bank, tmp, geometry)
         # The previous bank stays aside until the swap is fsynced; it goes with any crash's below.
         replace_dir(tmp, root, keep_old=lambda old: None)
     except BaseException:
@@ -108,7 +117,7 @@ def save_bank(bank: StoredBank, path: str | os.PathLike) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def _write(bank: StoredBank, folder: Path) -> None:
+def _write(bank: StoredBank, folder: Path, geometry: Mapping[str, Any] | None) -> None:
     tensors: dict[str, torch.Tensor] = {}
     entries: list[dict[str, Any]] = []
     for k, e in enumerate(bank.slots):
@@ -118,136 +127,171 @@ def _write(bank: StoredBank, folder: Path) -> None:
         named = {n: t.detach().cpu().contiguous().clone() for n, t in e.tensors.items()}
         named[KEY_TENSOR] = torch.from_numpy(e.key.copy())
         tensors.update({f"slot{k}/{n}": t for n, t in named.items()})
-        meta = {f: int(getattr(e, f)) for f in _INT_FIELDS}
+        meta = {f: int(getattr(e, f)) for f in INT_FIELDS}
         entries.append({"slot": k, **meta, "pinned": bool(e.pinned),
                         "tasks_served": [int(i) for i in e.tasks_served],
-                        "tensors": {n: _spec(t) for n, t in sorted(named.items())},
+                        "tensors": {n: spec(t) for n, t in sorted(named.items())},
                         "sha256": entry_sha256(named)})
     # Straight into the temporary directory: the directory swap is what makes the save atomic.
-    save_file(tensors, str(folder / _TENSORS), metadata={"format": "pt"})
+    save_file(tensors, str(folder / TENSORS), metadata={"format": "pt"})
+    geometry_sha = None
+    if geometry is not None:
+        (folder / GEOMETRY_FILE).write_text(_geometry_text(geometry), encoding="utf-8")
+        geometry_sha = sha256_file(folder / GEOMETRY_FILE)
     manifest = {"format_version": BANK_FORMAT_VERSION, "capacity": bank.capacity,
                 "key_dim": bank.key_dim, "eviction": bank.eviction,
+                "capacity_bytes": getattr(bank, "capacity_bytes", None),
                 "next_inserted_order": bank.next_inserted_order,
-                "safetensors_sha256": sha256_file(folder / _TENSORS), "entries": entries}
-    manifest[_MANIFEST_SHA] = manifest_sha256(manifest)
-    (folder / _MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+                "safetensors_sha256": sha256_file(folder / TENSORS),
+                GEOMETRY_SHA: geometry_sha, "entries": entries}
+    manifest[MANIFEST_SHA] = manifest_sha256(manifest)
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+
+
+def _geometry_text(geometry: Mapping[str, Any]) -> str:
+    return json.dumps(dict(geometry), indent=1) + "\n"
+
+
+def attach_geometry(path: str | os.PathLike, geometry: Mapping[str, Any]) -> None:
+    """Add (or replace) the ``geometry.json`` of the bank saved at ``path``, covered by its
+    manifest's ``geometry_sha256``, atomically: the directory is rebuilt aside (the tensor file
+    hard-linked, or copied) and swapped in, so a crash leaves the bank as it was or as it will be.
+
+    A directory without a bank manifest just gets the file, written atomically.
+
+    Raises:
+        BankFormatError: when the manifest is malformed or fails its own checksum.
+    """
+    root = Path(path)
+    mpath = root / MANIFEST
+    if not mpath.is_file():
+        atomic_write_text(root / GEOMETRY_FILE, _geometry_text(geometry))
+        return
+    manifest = read_manifest(mpath)
+    if (manifest["format_version"] >= 2 or MANIFEST_SHA in manifest) and \
+            manifest.get(MANIFEST_SHA) != manifest_sha256(manifest):
+        raise fail(mpath, "the manifest's contents do not match its manifest_sha256: "
+                    "modified or corrupted")
+    tmp = temp_dir_beside(root, "tmp")
+    try:
+        try:
+            os.link(root / TENSORS, tmp / TENSORS)
+        except OSError:
+            shutil.copyfile(root / TENSORS, tmp / TENSORS)
+        (tmp / GEOMETRY_FILE).write_text(_geometry_text(geometry), encoding="utf-8")
+        manifest = {**manifest, "format_version": BANK_FORMAT_VERSION,
+                    GEOMETRY_SHA: sha256_file(tmp / GEOMETRY_FILE)}
+        manifest[MANIFEST_SHA] = manifest_sha256(manifest)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1), encoding="utf-8")
+        replace_dir(tmp, root)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 # ----------------------------------------------------------------------------- reading
 
 
 def load_bank(path: str | os.PathLike, cls: type[BankT]) -> BankT:
-    """Load a bank written by :func:`save_bank` as a ``cls``, verifying version, shapes and
-    checksums (:meth:`TaskKnowledgeBank.load` passes its class).
+    """Load a bank written by :func:`save_bank` as a ``cls``, validating everything first
+    (:meth:`TaskKnowledgeBank.load` passes its class); see the module docstring for the order.
 
     If ``path`` is missing because a save was killed between its two renames, the previous
     bank (renamed aside) is loaded instead, with a warning.
 
     Raises:
-        BankFormatError: for a missing, unparseable, truncated, modified or inconsistent file.
+        BankFormatError: for a missing, unparseable, truncated, modified, over-limit or
+            inconsistent file.
     """
-    root = Path(path)
-    if not root.is_dir():
-        backups = sorted(_backups(root), key=lambda p: p.stat().st_mtime)
-        if not backups:
-            raise BankFormatError(f"{root}: no bank directory here. Check the path, or create "
-                                  "a bank with TaskKnowledgeBank.save(path)")
-        warnings.warn(f"{root} is missing after an interrupted save; loading the previous bank "
-                      f"from {backups[-1]} (save again to restore {root})", stacklevel=2)
-        root = backups[-1]
-    mpath, tpath = root / _MANIFEST, root / _TENSORS
-    m = _Fields(_read_manifest(mpath), mpath)
-    try:
-        bank = cls(m.integer("capacity"), m.integer("key_dim"), m.get("eviction", str))
-    except ValueError as exc:
-        raise _fail(mpath, f"bad bank parameters ({exc})") from exc
-    next_order = m.integer("next_inserted_order")
-    if not tpath.is_file():
-        raise _fail(tpath, "tensor file is missing")
-    if sha256_file(tpath) != m.get("safetensors_sha256", str):
-        raise _fail(tpath, "sha256 differs from the manifest's: truncated or modified")
-    try:  # safetensors raises its own error types for malformed headers and offsets
-        stored = load_file(str(tpath))
-    except Exception as exc:
-        raise _fail(tpath, f"could not be parsed ({exc})") from exc
+    root = _existing_root(Path(path))
+    mpath, tpath = root / MANIFEST, root / TENSORS
+    m = Fields(read_manifest(mpath), mpath, fail)
+    params = bank_parameters(m)
+    next_order = m.integer("next_inserted_order", 0)
+    raw_entries = m.get("entries", list)
+    if len(raw_entries) > params["capacity"]:
+        raise fail(mpath, f"{len(raw_entries)} entries for {params['capacity']} slots")
+    declared: dict[int, dict[str, Any]] = {}
+    for raw in raw_entries:  # metadata and specs only: nothing is allocated for them
+        plan = declared_entry(Fields(raw, mpath, fail), params, declared)
+        declared[plan["slot"]] = plan
+    check_directory(root, m)
+    stored = _tensor_file(tpath, m, sum(p["nbytes"] for p in declared.values()))
     expected: set[str] = set()
-    entries: dict[int, BankEntry] = {}
-    for raw in m.get("entries", list):
-        slot, entry = _read_entry(_Fields(raw, mpath), bank, entries, stored, tpath, expected)
-        entries[slot] = entry
+    entries = {slot: _entry_from(plan, stored, tpath, expected)
+               for slot, plan in declared.items()}
     extra = sorted(set(stored) - expected)
     if extra:
-        raise _fail(tpath, f"tensors not listed in the manifest: {extra}")
+        raise fail(tpath, f"tensors not listed in the manifest: {extra[:10]}")
     # Last, so the checks above name the specific problem when there is one. A version-1
     # manifest has no checksum; one that carries it anyway (a flipped version byte) is checked.
-    if (m.d["format_version"] >= 2 or _MANIFEST_SHA in m.d) and \
-            m.d.get(_MANIFEST_SHA) != manifest_sha256(m.d):
-        raise _fail(mpath, "the manifest's contents do not match its manifest_sha256: "
+    if (m.d["format_version"] >= 2 or MANIFEST_SHA in m.d) and \
+            m.d.get(MANIFEST_SHA) != manifest_sha256(m.d):
+        raise fail(mpath, "the manifest's contents do not match its manifest_sha256: "
                     "modified or corrupted")
+    held = sum(e.nbytes for e in entries.values())
+    if params["capacity_bytes"] is not None and held > params["capacity_bytes"]:
+        raise fail(mpath, f"its entries hold {held} bytes, over its capacity_bytes "
+                    f"{params['capacity_bytes']}")
+    try:
+        bank = cls(**params)
+    except ValueError as exc:
+        raise fail(mpath, f"bad bank parameters ({exc})") from exc
     bank.restore(entries, next_order)
     return bank
 
 
-def _read_entry(f: _Fields, bank: StoredBank, taken: Mapping[int, BankEntry],
-                stored: dict[str, torch.Tensor], tpath: Path,
-                expected: set[str]) -> tuple[int, BankEntry]:
-    """One manifest entry and its tensors, checked (``taken``: the slots read so far); adds its
-    tensor names to ``expected``."""
-    slot, key_dim = f.integer("slot"), bank.key_dim
-    if not 0 <= slot < bank.capacity or slot in taken:
-        raise _fail(f.file, f"slot {slot} is out of range or repeated")
+def _existing_root(root: Path) -> Path:
+    """``root``, or after a save killed between its renames, the previous bank (a warning)."""
+    if root.is_dir():
+        return root
+    backups = sorted(_backups(root), key=lambda p: p.stat().st_mtime)
+    if not backups:
+        raise BankFormatError(f"{root}: no bank directory here. Check the path, or create "
+                              "a bank with TaskKnowledgeBank.save(path)")
+    warnings.warn(f"{root} is missing after an interrupted save; loading the previous bank "
+                  f"from {backups[-1]} (save again to restore {root})", stacklevel=3)
+    return backups[-1]
+
+
+def _tensor_file(tpath: Path, m: Fields, declared: int) -> dict[str, torch.Tensor]:
+    """The tensor file's tensors, after its checksum and the declared sizes match it."""
+    if not tpath.is_file():
+        raise fail(tpath, "tensor file is missing")
+    if sha256_file(tpath) != m.get("safetensors_sha256", str):
+        raise fail(tpath, "sha256 differs from the manifest's: truncated or modified")
+    size = tpath.stat().st_size
+    if size < 8 + declared:
+        raise fail(tpath, f"the manifest declares {declared} tensor bytes, the file holds "
+                    f"{size}: truncated or modified")
+    try:  # safetensors raises its own error types for malformed headers and offsets
+        return load_file(str(tpath))
+    except Exception as exc:
+        raise fail(tpath, f"could not be parsed ({exc})") from exc
+
+
+def _entry_from(plan: dict[str, Any], stored: dict[str, torch.Tensor], tpath: Path,
+                expected: set[str]) -> BankEntry:
+    """The entry ``plan`` declares, from the loaded tensors; adds its names to ``expected``."""
+    slot = plan["slot"]
     named: dict[str, torch.Tensor] = {}
-    for name, spec in f.get("tensors", dict).items():
+    for name, declared in plan["specs"].items():
         full = f"slot{slot}/{name}"
         expected.add(full)
         if full not in stored:
-            raise _fail(tpath, f"tensor {full!r} listed in the manifest is missing")
-        if spec != _spec(stored[full]):
-            raise _fail(tpath, f"tensor {full!r} is {_spec(stored[full])} but the "
-                        f"manifest says {spec}")
+            raise fail(tpath, f"tensor {full!r} listed in the manifest is missing")
+        if declared != spec(stored[full]):
+            raise fail(tpath, f"tensor {full!r} is {spec(stored[full])} but the "
+                       f"manifest says {declared}")
         named[name] = stored[full]
-    if entry_sha256(named) != f.get("sha256", str):
-        raise _fail(tpath, f"checksum of slot {slot}'s tensors does not match the manifest")
-    bad = [n for n, t in named.items() if t.is_floating_point() and not bool(t.isfinite().all())]
+    if entry_sha256(named) != plan["sha256"]:
+        raise fail(tpath, f"checksum of slot {slot}'s tensors does not match the manifest")
+    bad = [n for n, t in named.items() if not bool(t.isfinite().all())]
     if bad:  # a well-formed file can still carry NaN/inf, which the bank never holds
-        raise _fail(tpath, f"slot {slot} tensors {sorted(bad)} hold NaN or inf")
-    key = named.pop(KEY_TENSOR, None)
-    if key is None or _spec(key) != _spec(torch.zeros(key_dim)):
-        raise _fail(f.file, f"slot {slot} needs a float32 ({key_dim},) {KEY_TENSOR} tensor")
-    meta = {name: f.integer(name) for name in _INT_FIELDS}
-    tasks = f.get("tasks_served", list)
-    if not all(type(i) is int for i in tasks):
-        raise _fail(f.file, f"slot {slot} tasks_served must be a list of ints")
-    return slot, BankEntry(key.numpy().copy(), named, tasks_served=tasks,
-                           pinned=f.get("pinned", bool), **meta)
-
-
-def _fail(file: Path, problem: str) -> BankFormatError:
-    return BankFormatError(f"{file}: {problem}. {_FIX}")
-
-
-def read_json(path: Path, fail: Callable[[Path, str], BankFormatError] = _fail,
-              missing: str = "manifest file is missing") -> Any:
-    """The JSON document at ``path``; a missing or malformed file is ``fail(path, problem)``."""
-    if not path.is_file():
-        raise fail(path, missing)
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise fail(path, f"not valid JSON ({exc})") from exc
-
-
-def _read_manifest(mpath: Path) -> dict[str, Any]:
-    manifest = read_json(mpath)
-    if not isinstance(manifest, dict) or "format_version" not in manifest:
-        raise _fail(mpath, "no format_version field; this is not a bank manifest")
-    version = manifest["format_version"]
-    if type(version) is not int or version not in READABLE_BANK_VERSIONS:
-        raise BankFormatError(
-            f"{mpath}: unknown format_version {version!r} (this nsr_gym reads "
-            f"{READABLE_BANK_VERSIONS}). Load it with the nsr_gym version that wrote it, or "
-            "re-save it")
-    return manifest
+        raise fail(tpath, f"slot {slot} tensors {sorted(bad)} hold NaN or inf")
+    key = named.pop(KEY_TENSOR)
+    return BankEntry(key.numpy().copy(), named, tasks_served=plan["tasks"],
+                     pinned=plan["pinned"], **plan["meta"])
 
 
 def _backups(root: Path) -> list[Path]:
@@ -258,40 +302,3 @@ def _backups(root: Path) -> list[Path]:
     return [p for p in root.parent.iterdir() if p.name.startswith(prefix) and p.is_dir()]
 
 
-class _Fields:
-    """Typed access to a manifest dict; a missing or mistyped field is a BankFormatError."""
-
-    def __init__(self, d: Any, file: Path) -> None:
-        if not isinstance(d, dict):
-            raise _fail(file, f"expected a JSON object, got {type(d).__name__}")
-        self.d, self.file = d, file
-
-    def get(self, name: str, typ: type) -> Any:
-        v = self.d.get(name)
-        # bool is a subclass of int; an int field holding true/false is still malformed.
-        if not isinstance(v, typ) or (typ is int and isinstance(v, bool)):
-            raise _fail(self.file, f"field {name!r} is missing or not {typ.__name__} (got {v!r})")
-        return v
-
-    def integer(self, name: str) -> int:
-        return self.get(name, int)
-
-
-# ----------------------------------------------------------------------------- checksums
-
-
-def _spec(t: torch.Tensor) -> dict[str, Any]:
-    """Manifest description of a tensor, e.g. ``{"shape": [16, 3], "dtype": "float32"}``."""
-    return {"shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
-
-
-def entry_sha256(named: dict[str, torch.Tensor]) -> str:
-    """sha256 of the raw (little-endian) bytes of ``named``'s tensors, in sorted-name order."""
-    return sha256_bytes(b"".join(
-        named[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        for name in sorted(named)))
-
-
-def manifest_sha256(manifest: dict[str, Any]) -> str:
-    """sha256 of the manifest's canonical JSON (sorted keys, no spaces), without its own field."""
-    return sha256_json(manifest, exclude=_MANIFEST_SHA)

@@ -1,29 +1,36 @@
 """Whether a saved bank can serve an env: its geometry, and the check made before loading it.
 
 A bank saved by an env carries a ``geometry.json`` (:func:`write_geometry`) naming the backend,
-capacity and the learner settings that decide its keys and tensor shapes (:func:`env_geometry`).
+capacity and the learner settings that decide its keys and tensor shapes (:func:`env_geometry`);
+the bank's manifest covers it with a sha256, so a deleted or replaced one is a
+:class:`BankFormatError` when the bank loads (:mod:`nsr_gym.bank.files`).
 :func:`check_bank_fits` compares a loaded bank with the env that wants it, from that file where
 there is one (which also catches a backbone of the same shapes but other weights, e.g. another
-``backbone_seed``) and from the shapes of its tensors (which the learner names,
-``Learner.payload_shapes``). The learner is read through its public attributes only.
+``backbone_seed``) and from its tensors: the shapes the learner names
+(``Learner.payload_shapes``), the agreement of each LoRA pair's ranks, the dtypes its backend
+loads (:data:`BACKEND_DTYPES`), and task ids in range. The learner is read through its public
+attributes only.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from nsr_gym.atomic import atomic_write_text
+from nsr_gym.bank.checks import read_json
 from nsr_gym.bank.core import TaskKnowledgeBank
 from nsr_gym.bank.entry import BankEntry
-from nsr_gym.bank.files import BankFormatError
+from nsr_gym.bank.files import GEOMETRY_FILE, BankFormatError, attach_geometry
 
-__all__ = ["GEOMETRY_FILE", "check_bank_fits", "env_geometry", "read_geometry", "write_geometry"]
+__all__ = ["BACKEND_DTYPES", "GEOMETRY_FILE", "check_bank_fits", "env_geometry", "read_geometry",
+           "write_geometry"]
 
-GEOMETRY_FILE = "geometry.json"
+#: Payload dtypes each backend's learner loads: the torch learner float32 or float16 factors
+#: and heads, the analytic learner its float64 (or float32) experience vector.
+BACKEND_DTYPES: dict[str, tuple[str, ...]] = {"torch": ("float32", "float16"),
+                                              "analytic": ("float64", "float32")}
 
 #: Config fields that decide the torch backbone's function or the shape of its LoRA factors,
 #: per backbone kind (configs without a ``backbone`` field are MLPs).
@@ -55,12 +62,18 @@ def env_geometry(backend: str, learner: Any, capacity: int, n_tasks: int) -> dic
 
 
 def write_geometry(root: str | os.PathLike, geometry: Mapping[str, Any]) -> None:
-    """Write ``geometry.json`` into a saved bank directory, atomically."""
-    atomic_write_text(Path(root) / GEOMETRY_FILE, json.dumps(dict(geometry), indent=1) + "\n")
+    """Write ``geometry.json`` into a saved bank directory, covered by its manifest, atomically
+    (:func:`nsr_gym.bank.files.attach_geometry`)."""
+    attach_geometry(root, geometry)
+
+
+def _geometry_fail(p: Path, problem: str) -> BankFormatError:
+    return BankFormatError(f"{p}: {problem}. Save the bank again with the env that made it")
 
 
 def read_geometry(root: str | os.PathLike) -> dict[str, Any] | None:
-    """The ``geometry.json`` of a bank directory, or ``None`` where it has none.
+    """The ``geometry.json`` of a bank directory (through the bounded JSON reader), or ``None``
+    where it has none.
 
     Raises:
         BankFormatError: when the file is not a JSON object.
@@ -68,13 +81,9 @@ def read_geometry(root: str | os.PathLike) -> dict[str, Any] | None:
     p = Path(root) / GEOMETRY_FILE
     if not p.is_file():
         return None
-    try:
-        geo = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BankFormatError(f"{p}: not valid JSON ({exc}). Delete it to load the bank on its "
-                              "tensor shapes alone, or save the bank again") from exc
+    geo = read_json(p, _geometry_fail, what="bank geometry")
     if not isinstance(geo, dict):
-        raise BankFormatError(f"{p}: expected a JSON object. Delete it or save the bank again")
+        raise _geometry_fail(p, "expected a JSON object")
     return geo
 
 
@@ -114,7 +123,7 @@ def _entry_problems(slot: int, entry: BankEntry, expected: Mapping[str, tuple[in
     if set(entry.tensors) != set(expected):
         return [f"slot {slot} holds {sorted(entry.tensors)}, a {backend} entry holds "
                 f"{sorted(expected)}"]
-    problems, ks = [], set()
+    problems, ks = _dtype_problems(slot, entry, backend), set()
     for name, want in expected.items():
         got = tuple(entry.tensors[name].shape)
         fits = len(got) == len(want) and all(w is None or g == w
@@ -126,7 +135,29 @@ def _entry_problems(slot: int, entry: BankEntry, expected: Mapping[str, tuple[in
     if rank is not None and any(not 1 <= k <= rank for k in ks):
         problems.append(f"slot {slot} has LoRA ranks {sorted(ks)}, this learner's lora_rank "
                         f"is {rank}")
+    problems += _rank_pair_problems(slot, entry)
     if not all(-1 <= t < n_tasks for t in [entry.owner, *entry.tasks_served]):
         problems.append(f"slot {slot} serves tasks {entry.tasks_served} (owner "
                         f"{entry.owner}), this env has tasks 0..{n_tasks - 1}")
+    return problems
+
+
+def _dtype_problems(slot: int, entry: BankEntry, backend: str) -> list[str]:
+    """Payload tensors of a dtype ``backend``'s learner does not load."""
+    allowed = BACKEND_DTYPES.get(backend, BACKEND_DTYPES["torch"])
+    bad = sorted(f"{n} ({str(t.dtype).removeprefix('torch.')})" for n, t in entry.tensors.items()
+                 if str(t.dtype).removeprefix("torch.") not in allowed)
+    return [f"slot {slot} holds {', '.join(bad)}; a {backend} entry is "
+            f"{' or '.join(allowed)}"] if bad else []
+
+
+def _rank_pair_problems(slot: int, entry: BankEntry) -> list[str]:
+    """LoRA pairs ``<layer>.B`` ``(out, k)`` and ``<layer>.A`` ``(k, in)`` whose ranks differ."""
+    problems = []
+    for name, b in entry.tensors.items():
+        if not name.endswith(".B") or (a := entry.tensors.get(name[:-1] + "A")) is None:
+            continue
+        if b.ndim != 2 or a.ndim != 2 or b.shape[1] != a.shape[0]:
+            problems.append(f"slot {slot} {name[:-2]} has B {tuple(b.shape)} and A "
+                            f"{tuple(a.shape)}: their ranks must agree")
     return problems

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
+import sys
 
 #: Command modules, in the order ``nsr-gym --help`` lists them.
 COMMAND_MODULES = ("run", "lora_check", "regret", "fit", "train", "study", "study_scaling",
-                   "study_distillation", "study_novelty", "leaderboard", "budget", "perf",
-                   "pretrain")
+                   "study_distillation", "study_novelty", "study_capacity", "leaderboard",
+                   "budget", "perf", "pretrain", "peers", "fuzz", "study_hard_track")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,5 +28,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; exit status 2 with a one-line message, not a traceback, for anything a
+    user passes or points at that is refused (``ValueError``, ``TypeError``, ``OSError``: a
+    malformed file, a missing one, a value out of range, an unreachable Ray address). Set
+    ``NSR_GYM_TRACEBACK=1`` to see the traceback instead."""
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, OSError) as err:
+        if os.environ.get("NSR_GYM_TRACEBACK"):
+            raise
+        print(f"nsr-gym {args.command}: error: {err}", file=sys.stderr)
+        return 2

@@ -6,19 +6,43 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+#: Most seeds one command takes (each is one episode per agent and setting).
+MAX_SEEDS = 10_000
+#: Largest seed value (numpy's seeds are unsigned 32-bit words here).
+MAX_SEED = 2**32 - 1
+
 
 def parse_seeds(text: str) -> list[int]:
-    """``"5"`` -> seeds 0..4; ``"3,7,9"`` -> those seeds."""
+    """``"5"`` -> seeds 0..4; ``"3,7,9"`` -> those seeds (at most :data:`MAX_SEEDS`, each in
+    ``0..MAX_SEED``)."""
+    form = f"--seeds takes a count (5) or a list (0,3,7), got {text[:40]!r}"
+    if len(text) > 200_000:
+        raise argparse.ArgumentTypeError(form)
     try:
         if "," in text:
-            return [int(s) for s in text.split(",") if s.strip()]
-        n = int(text)
+            seeds = [int(s) for s in text.split(",") if s.strip()]
+            n = len(seeds)
+        else:
+            n = int(text)
+            seeds = None
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--seeds takes a count (5) or a list (0,3,7), got {text!r}") from None
+        raise argparse.ArgumentTypeError(form) from None
+    if seeds is not None and not seeds:
+        raise argparse.ArgumentTypeError("--seeds names nothing; pass e.g. 5 or 0,3,7")
     if n < 1:
         raise argparse.ArgumentTypeError("--seeds must be at least 1")
-    return list(range(n))
+    if n > MAX_SEEDS:
+        raise argparse.ArgumentTypeError(
+            f"--seeds {n:,} is above {MAX_SEEDS:,}: every seed is one episode per agent (and per "
+            f"setting), so {n:,} seeds would run {n:,} episodes per agent and keep a unit log "
+            "of each")
+    if seeds is None:
+        return list(range(n))
+    if min(seeds) < 0:
+        raise argparse.ArgumentTypeError(f"--seeds must be >= 0 (got {min(seeds)})")
+    if max(seeds) > MAX_SEED:
+        raise argparse.ArgumentTypeError(f"--seeds: seed {max(seeds)} is not in 0..{MAX_SEED}")
+    return seeds
 
 
 def parse_ints(text: str) -> list[int]:

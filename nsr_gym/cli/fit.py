@@ -22,6 +22,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
         source=args.source, out=args.out, lam=args.lam,
         seeds=None if args.seeds is None else tuple(args.seeds), kappa_source=args.kappa_source,
         resamples=args.resamples, predict=not args.no_predict,
+        capacity_from=tuple(args.capacity_from),
         sweep=Sweep(resume=not args.no_resume, progress=not args.no_progress))
     try:
         fitted = fit.fit_source(cfg)
@@ -51,6 +52,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "the truncation gap eps alone (A3)")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--no-predict", action="store_true", help="only fit and write the config")
+    p.add_argument("--capacity-from", nargs="+", default=[], metavar="DIR",
+                   help="nsr-gym regret --capacity folders whose slopes (against B_inf) the "
+                        "negative-transfer model predicts too")
     p.add_argument("--no-resume", action="store_true", help="recompute analytic units")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_fit)

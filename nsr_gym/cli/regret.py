@@ -1,5 +1,7 @@
 """``nsr-gym regret``: argument parsing for :mod:`nsr_gym.studies.regret` (Theorem 1 checked on
-the env). The exit status is 1 only when a bound is violated."""
+the env) and, with ``--capacity K --retention-rule RULE``, for
+:mod:`nsr_gym.studies.regret_capacity` (Theorem 3). The exit status is 1 only when a bound is
+violated (or, for Theorem 3, a claimed attainment is refuted)."""
 
 from __future__ import annotations
 
@@ -10,7 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from nsr_gym.cli._common import add_executor_options, parse_seeds
+from nsr_gym.jsonio import parse_json, read_json
 from nsr_gym.studies.regret import ANALYTIC_LEARNER, BANK, DEFAULT_AGENTS
+from nsr_gym.studies.regret_capacity import CAPACITY_AGENTS
+from nsr_gym.theory.capacity import RETENTION_RULES
 
 
 def parse_learner(text: str | None) -> dict[str, Any]:
@@ -18,11 +23,16 @@ def parse_learner(text: str | None) -> dict[str, Any]:
     ``analytic_config.json`` works as is: its ``config`` is taken)."""
     if not text:
         return {}
-    path = Path(text)
-    raw = json.loads(path.read_text()) if path.exists() else json.loads(text)
-    if not isinstance(raw, dict):
+    try:
+        is_file = len(text) < 4096 and Path(text).is_file()
+    except OSError:  # not a path this system can have: JSON text
+        is_file = False
+    raw = read_json(Path(text), what="--learner file") if is_file else \
+        parse_json(text, source="--learner", expect=dict, what="--learner")
+    config = raw.get("config", raw)
+    if not isinstance(config, dict):
         raise ValueError("--learner takes a JSON object (or a file holding one)")
-    return raw.get("config", raw)
+    return config
 
 
 def cmd_regret(args: argparse.Namespace) -> int:
@@ -37,12 +47,16 @@ def cmd_regret(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: --learner: {err}", file=sys.stderr)
         return 2
+    agents = None if args.agents is None else tuple(
+        a.strip() for a in args.agents.split(",") if a.strip())
+    if args.capacity is not None or args.retention_rule is not None:
+        return _cmd_capacity(args, learner, agents)
     cfg = regret.RegretConfig(
         backend=args.backend, seeds=None if args.seeds is None else tuple(args.seeds),
         tasks=args.tasks, cycles=args.cycles, phase_length=args.phase_length, lam=args.lam,
         family=args.family, learner=learner,
-        agents=tuple(a.strip() for a in args.agents.split(",") if a.strip()),
-        resamples=args.resamples, tol=args.tol, max_width=args.max_width,
+        agents=agents or DEFAULT_AGENTS, resamples=args.resamples, tol=args.tol,
+        max_width=args.max_width,
         steps_log=args.steps_log, out=args.out, quick=args.quick,
         sweep=Sweep(executor=args.executor, ray_address=args.ray_address,
                     resume=not args.no_resume, progress=not args.no_progress))
@@ -52,6 +66,36 @@ def cmd_regret(args: argparse.Namespace) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     verdicts, md = regret.run_regret(plan)
+    print(md)
+    print(f"wrote {plan.out}/")
+    return 1 if verdicts["overall"] == "violated" else 0
+
+
+def _cmd_capacity(args: argparse.Namespace, learner: dict[str, Any],
+                  agents: tuple[str, ...] | None) -> int:
+    """``--capacity K --retention-rule RULE``: Theorem 3 (``studies.regret_capacity``)."""
+    from nsr_gym.executors import Sweep
+    from nsr_gym.studies import regret_capacity as rc
+
+    if args.capacity is None or args.retention_rule is None:
+        print("error: --capacity K and --retention-rule RULE go together (Theorem 3)",
+              file=sys.stderr)
+        return 2
+    cfg = rc.CapacityConfig(
+        capacity=args.capacity, rule=args.retention_rule, backend=args.backend,
+        seeds=None if args.seeds is None else tuple(args.seeds), tasks=args.tasks,
+        cycles=args.cycles, phase_length=args.phase_length, lam=args.lam, family=args.family,
+        learner=learner, agents=agents or rc.CAPACITY_AGENTS, resamples=args.resamples,
+        tol=args.tol, max_width=args.max_width, steps_log=args.steps_log, out=args.out,
+        quick=args.quick,
+        sweep=Sweep(executor=args.executor, ray_address=args.ray_address,
+                    resume=not args.no_resume, progress=not args.no_progress))
+    try:
+        plan = rc.plan_capacity(cfg)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    verdicts, md = rc.run_capacity(plan)
     print(md)
     print(f"wrote {plan.out}/")
     return 1 if verdicts["overall"] == "violated" else 0
@@ -73,8 +117,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                    "1, 2 or 5, permuted_digits otherwise)")
     p.add_argument("--learner", default=None, help="learner overrides: JSON object or file "
                    f"(analytic default {json.dumps(ANALYTIC_LEARNER)})")
-    p.add_argument("--agents", default=",".join(DEFAULT_AGENTS),
-                   help=f"comma-separated; must include {BANK} (THEORY.md's B) and always-fresh")
+    p.add_argument("--agents", default=None,
+                   help=f"comma-separated; must include {BANK} (THEORY.md's B) and always-fresh "
+                   f"(default {','.join(DEFAULT_AGENTS)}; with --capacity: "
+                   f"{','.join(CAPACITY_AGENTS)}, where bank-inf is B_inf)")
+    p.add_argument("--capacity", type=int, default=None, metavar="K",
+                   help="Theorem 3: a bank of K < M slots; every agent's regret against the "
+                   "unbounded Bank (bank-inf) on the same seeds (needs --retention-rule)")
+    p.add_argument("--retention-rule", default=None, choices=list(RETENTION_RULES),
+                   help="with --capacity: pin (eviction='reject'), lru, fifo (eviction), belady "
+                   "(retention='agent', forced insertion by the schedule)")
     p.add_argument("--resamples", type=int, default=2000, help="bootstrap resamples (default 2000)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--tol", type=float, default=0.05, help="violated when ci_high < 1 - tol")
@@ -83,7 +135,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps-log", action="store_true",
                    help="also write steps.csv.gz (always on torch)")
     p.add_argument("--out", default=None,
-                   help="output directory (default results/regret/<backend>)")
+                   help="output directory (default results/regret/<backend>; with --capacity "
+                   "results/regret/capacity/<backend>/<rule>_K<K>)")
     p.add_argument("--quick", action="store_true", help="a tiny study under results/quick/regret/")
     p.add_argument("--no-resume", action="store_true", help="recompute units already finished")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

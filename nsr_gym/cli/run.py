@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Callable
 
+from nsr_gym.bank import EVICTION_POLICIES
 from nsr_gym.cli._common import add_executor_options, parse_seeds
+from nsr_gym.envs import RETENTION_MODES
 from nsr_gym.studies.benchmark import DEFAULT_AGENTS
 
 
@@ -26,6 +29,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         agents=tuple(a.strip() for a in args.agents.split(",") if a.strip()),
         seeds=None if args.seeds is None else tuple(args.seeds), backend=args.backend,
         cycles=args.cycles, reserve=args.reserve, distill_weight=args.distill_weight,
+        capacity=args.capacity, retention=args.retention, eviction=args.eviction,
+        env_kwargs=args.env_kwargs,
         data_root=args.data_root, weights=args.weights, arch=args.arch,
         verify=not args.no_verify, max_train=args.max_train, random_init=args.random_init,
         out=args.out, quick=args.quick,
@@ -40,6 +45,21 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(md)
     print(f"wrote {plan.out}/ in {wall:.1f} s")
     return 0
+
+
+def parse_env_kwargs(text: str) -> dict:
+    """``--env-kwargs``: a JSON object of ``gym.make`` keywords."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(
+            f"--env-kwargs takes a JSON object such as '{{\"lambda_switch\": 0.1}}', got "
+            f"{text!r} ({err})") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"--env-kwargs takes a JSON object such as '{{\"lambda_switch\": 0.1}}', got "
+            f"{type(value).__name__} {text!r}")
+    return value
 
 
 def _interruptible(command: Callable[[argparse.Namespace], int]
@@ -70,6 +90,18 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "place (active)")
     p.add_argument("--distill-weight", type=float, default=None,
                    help="torch learner's distillation weight (default 0: off)")
+    bank = p.add_argument_group("the bank (default: one slot per task, the env evicts by lru)")
+    bank.add_argument("--capacity", type=int, default=None, metavar="K",
+                      help="bank slots K (below the number of tasks, memory binds)")
+    bank.add_argument("--retention", default=None, choices=RETENTION_MODES,
+                      help="who decides what the bank keeps: the env's --eviction, or the "
+                           "agent's action (retention rules pin, lfu-retain, lru-retain, the "
+                           "clairvoyant; allocation-only agents keep the env's eviction)")
+    bank.add_argument("--eviction", default=None, choices=EVICTION_POLICIES,
+                      help="the env's eviction policy when the bank is full (default lru)")
+    p.add_argument("--env-kwargs", type=parse_env_kwargs, default=None, metavar="JSON",
+                   help="more gym.make keywords, e.g. '{\"lambda_switch\": 0.1}' (merged in; "
+                        "a key may not repeat a flag)")
     paper = p.add_argument_group("paper-scale benchmarks (SplitCIFAR100, FiveDatasets)")
     paper.add_argument("--data-root", default=None, help="folder with the datasets' files")
     paper.add_argument("--weights", default=None, help="torchvision state dict of --arch")

@@ -4,17 +4,19 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
+
+from nsr_gym.jsonio import parse_json
 
 
 def _json_dict(text: str) -> dict:
     try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r} ({err})") from None
+        value = parse_json(text, source="the option", what="JSON")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text[:80]!r} ({err})"
+                                         ) from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a JSON object, got {text[:80]!r}")
     return value
 
 

@@ -23,6 +23,7 @@ from nsr_gym.envs.paper import PAPER_BENCHMARKS, make_paper_env
 ENTRY_POINT = "nsr_gym.envs.allocation:AllocationEnv"
 PAPER_ENTRY_POINT = "nsr_gym.envs.paper:make_paper_env"
 MERGED_ENTRY_POINT = "nsr_gym.envs:with_learner_defaults"
+BACKEND_ENTRY_POINT = "nsr_gym.envs:with_backend_learner_defaults"
 
 #: Registered benchmarks: id suffix -> kwargs of ``AllocationEnv``. Variants that differ only by
 #: numbers are registrations, not classes.
@@ -70,7 +71,31 @@ BENCHMARKS: dict[str, dict] = {
     "MNIST1DDomainsPretrained": dict(tasks="mnist1d_domains", n_tasks=5, schedule="revisit",
                                      phase_length=30, n_cycles=4, updates_per_step=2,
                                      learner_defaults=dict(backbone="pretrained")),
+    # ---- The hard track (issue 18): memory binds and the similarity rule leaves headroom ----
+    # `nsr-gym study hard-track` measures each against the clairvoyant (results/hard_track).
+    # The LRU trap: a strict cycle of 5 tasks through 3 slots. The env's default eviction (LRU)
+    # evicts each task just before it returns, so it hits nothing; retention="agent" hands the
+    # agent the write-or-drop decision (pinning K tasks hits K per cycle: Theorem 3).
+    "LRUTrapSplitDigits": dict(tasks="split_digits", n_tasks=5, schedule="cyclic",
+                               phase_length=30, n_cycles=4, capacity=3, retention="agent"),
+    # Skewed recurrence: 20 pixel-permutation tasks through 3 slots, revisits drawn by a Zipf
+    # law over stack distance (s = 1); which of them to keep is the agent's decision.
+    "SkewedRecurrencePermutedDigits": dict(tasks="permuted_digits", n_tasks=20,
+                                           schedule="zipf:1", phase_length=10, n_cycles=3,
+                                           updates_per_step=5, capacity=3, retention="agent"),
+    # Ambiguous recall: alike tasks (the ten digits under five transforms) and noisy probes,
+    # a slot for every task: the best cosine is often another task's entry. Per backend: the
+    # torch learner's probe batch is 4 examples (64 elsewhere); the analytic model's task keys
+    # share 0.9 of their direction, with probe noise 0.15 (0.05 elsewhere).
+    "AmbiguousRecallFiveDomains": dict(
+        tasks="five_domains", n_tasks=5, schedule="recurring", phase_length=10, n_cycles=6,
+        updates_per_step=2,
+        backend_learner_defaults=dict(torch=dict(probe_size=4),
+                                      analytic=dict(task_similarity=0.9, probe_noise=0.15))),
 }
+#: The hard track's benchmarks (names in :data:`BENCHMARKS`); the rest are the standard track.
+HARD_TRACK = ("LRUTrapSplitDigits", "SkewedRecurrencePermutedDigits",
+              "AmbiguousRecallFiveDomains")
 
 
 def with_learner_defaults(learner_defaults: dict[str, Any], learner: dict[str, Any] | None = None,
@@ -84,7 +109,24 @@ def with_learner_defaults(learner_defaults: dict[str, Any], learner: dict[str, A
     return AllocationEnv(learner={**learner_defaults, **(learner or {})}, **kwargs)
 
 
+def with_backend_learner_defaults(backend_learner_defaults: dict[str, dict[str, Any]],
+                                  backend: str = "torch",
+                                  learner: dict[str, Any] | None = None,
+                                  **kwargs: Any) -> AllocationEnv:
+    """An :class:`AllocationEnv` whose ``learner`` options start from those of its backend.
+
+    The entry point of variants whose learner options differ by backend (a torch-only option
+    such as ``probe_size`` is refused by the analytic model, and the other way round):
+    ``backend_learner_defaults[backend]`` is merged under the user's ``learner`` options, as
+    :func:`with_learner_defaults` does for one set.
+    """
+    defaults = backend_learner_defaults.get(backend, {})
+    return AllocationEnv(backend=backend, learner={**defaults, **(learner or {})}, **kwargs)
+
+
 def _entry_point(kwargs: dict[str, Any]) -> str:
+    if "backend_learner_defaults" in kwargs:
+        return BACKEND_ENTRY_POINT
     return MERGED_ENTRY_POINT if "learner_defaults" in kwargs else ENTRY_POINT
 
 
@@ -106,7 +148,7 @@ def register_envs() -> None:
                      disable_env_checker=False)
 
 
-__all__ = ["DROP", "AllocationEnv", "BENCHMARKS", "FRESH", "KEEP", "LOAD_OFFSET",
+__all__ = ["DROP", "AllocationEnv", "BENCHMARKS", "FRESH", "HARD_TRACK", "KEEP", "LOAD_OFFSET",
            "PAPER_BENCHMARKS", "RESERVE_MODES", "RETENTION_MODES", "WRITE_OFFSET",
            "RetentionInfo", "StepInfo", "env_id", "make_paper_env", "register_envs",
-           "with_learner_defaults"]
+           "with_backend_learner_defaults", "with_learner_defaults"]

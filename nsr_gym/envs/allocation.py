@@ -19,7 +19,7 @@ from gymnasium import spaces
 from gymnasium.error import ResetNeeded
 
 from nsr_gym import validation
-from nsr_gym.bank import BankEntry, TaskKnowledgeBank, check_bank_fits, env_geometry, write_geometry
+from nsr_gym.bank import BankEntry, TaskKnowledgeBank, check_bank_fits, env_geometry
 from nsr_gym.learners import AnalyticLearner, Learner, make_learner
 from nsr_gym.learners.factory import BACKENDS
 from nsr_gym.streams import TaskStream, make_stream
@@ -243,6 +243,7 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
         reserve: str = "owner",
         retention: str = "env",
         render_mode: str | None = None,
+        capacity_bytes: int | None = None,
     ) -> None:
         """
         Args:
@@ -270,6 +271,11 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
                 second part writes or drops each reserved subspace; needs ``reserve="owner"``);
                 see the class docstring.
             render_mode: ``None`` or ``"ansi"``.
+            capacity_bytes: Byte budget of the bank (``None``, the default: slots only): the
+                entries' exact bytes never sum to more, and a reserve that would exceed it evicts
+                by ``eviction`` as often as it takes (see ``nsr_gym.bank.TaskKnowledgeBank``).
+                Smaller entries (``learner={"payload_dtype": "auto"}``, lower SVD ranks) then
+                hold more tasks in the same bytes. Needs ``retention="env"``.
         """
         # ---- configuration
         if isinstance(learner, Learner) and n_tasks != learner.n_tasks:
@@ -307,7 +313,12 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
         else:
             self.learner = make_learner(backend, learner, tasks, n_tasks)
             self.backend = backend
-        self.bank = TaskKnowledgeBank(self.capacity, self.learner.key_dim, eviction)
+        if capacity_bytes is not None and retention == "agent":
+            raise ValueError("invalid AllocationEnv configuration: capacity_bytes needs "
+                             "retention='env' (one write may have to evict several entries)")
+        self.capacity_bytes = capacity_bytes
+        self.bank = TaskKnowledgeBank(self.capacity, self.learner.key_dim, eviction,
+                                      capacity_bytes=capacity_bytes)
         self._stream: TaskStream | None = None  # set by reset
         self._pending: BankEntry | None = None  # retention="agent": the entry awaiting a decision
 
@@ -418,8 +429,10 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
         self._stream = make_stream(self.schedule_kind, self.n_tasks, self.phase_length,
                                    self.n_cycles, rng=self.np_random)
         self.learner.reset(self.np_random)
-        if self.bank.eviction != self.eviction:  # a bank loaded last episode kept its own policy
-            self.bank = TaskKnowledgeBank(self.capacity, self.learner.key_dim, self.eviction)
+        if (self.bank.eviction, self.bank.capacity_bytes) != (self.eviction, self.capacity_bytes):
+            # a bank loaded last episode kept its own policy and budget: back to the env's
+            self.bank = TaskKnowledgeBank(self.capacity, self.learner.key_dim, self.eviction,
+                                          capacity_bytes=self.capacity_bytes)
         self.bank.clear()
         self._pending = None
         self._t = 0
@@ -497,9 +510,8 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
     def save_bank(self, path: str | os.PathLike) -> None:
         """Save the bank atomically (:meth:`TaskKnowledgeBank.save`) with a ``geometry.json``
         naming the backend, backbone and capacity it was made with, for :meth:`load_bank`."""
-        self.bank.save(path)
-        write_geometry(path, env_geometry(self.backend, self.learner, self.capacity,
-                                          self.n_tasks))
+        self.bank.save(path, geometry=env_geometry(self.backend, self.learner, self.capacity,
+                                                   self.n_tasks))
 
     def load_bank(self, path: str | os.PathLike) -> None:
         """Replace the bank by the one saved at ``path``, mid-episode; ``reset(options={"bank":

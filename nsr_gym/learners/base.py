@@ -51,7 +51,8 @@ class Learner(ABC):
 
     @abstractmethod
     def load(self, payload: dict[str, torch.Tensor]) -> None:
-        """Make a stored payload (from :meth:`snapshot`) the active subspace."""
+        """Make a stored payload (from :meth:`snapshot`) the active subspace; a payload in a
+        lower precision than the learner computes in (float16 factors) is cast up first."""
 
     @abstractmethod
     def snapshot(self, task_id: int | None = None) -> tuple[dict[str, torch.Tensor], float]:
@@ -61,9 +62,10 @@ class Learner(ABC):
             task_id: The task the subspace was just trained on, to measure the truncation gap.
 
         Returns:
-            ``(payload, truncation_gap)``: the tensors to store, and how much accuracy on the
-            task last trained the compression costs (``acc(full) - acc(compressed)``; ``0.0``
-            where it is not measured).
+            ``(payload, truncation_gap)``: the tensors to store (floating point: float16,
+            float32 or float64, the dtypes a bank holds), and how much accuracy on the task last
+            trained the compression costs (``acc(full) - acc(stored)``, the stored payload in its
+            stored dtype; ``0.0`` where it is not measured).
         """
 
     def payload_shapes(self) -> dict[str, tuple[int | None, ...]]:

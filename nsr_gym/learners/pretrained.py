@@ -216,7 +216,13 @@ def load_state_dict(path: str | os.PathLike, arch: str) -> dict[str, torch.Tenso
             f"downloads it. Put torchvision's {spec.weights_file} ({spec.url}) at that path, or "
             f"pass random_init=True for a random backbone of the same shape."
         )
-    state = torch.load(p, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a truncated or foreign file
+        raise MissingWeightsError(
+            f"{p} could not be read as a torch state dict ({type(exc).__name__}: "
+            f"{str(exc)[:200]}); put torchvision's {spec.weights_file} ({spec.url}) there"
+        ) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -314,6 +320,55 @@ class PretrainedConfig(AdapterConfig):
     """Seed of the random backbone (``random_init``) and of the fixed evaluation subsets."""
 
 
+def check_pretrained_config(pcfg: PretrainedConfig) -> None:
+    """Refuse settings that break their field's rule or a bound of
+    :data:`nsr_gym.validation.LEARNER_LIMITS` (e.g. ``lora_rank=2_000_000``), before anything is
+    built or allocated.
+
+    Raises:
+        ValueError: listing every bad setting and what it would cost.
+    """
+    from nsr_gym.learners.config import option_problems
+    from nsr_gym.validation import learner_limit_problems
+
+    values = {f.name: getattr(pcfg, f.name) for f in fields(pcfg)}
+    problems = option_problems(PretrainedConfig, values) + learner_limit_problems(values)
+    ints = ("embed_pool", "eval_batch_size", "seed")
+    problems += [f"{n} must be an integer >= {int(n != 'seed')} (got {values[n]!r})" for n in ints
+                 if type(values[n]) is not int or values[n] < int(n != "seed")]
+    if values["eval_size"] is not None and (type(values["eval_size"]) is not int
+                                            or values["eval_size"] < 1):
+        problems.append(f"eval_size must be None or an integer >= 1 (got {values['eval_size']!r})")
+    if problems:
+        raise ValueError("invalid pretrained learner settings: " + "; ".join(problems))
+
+
+def check_lora_targets(backbone: nn.Module, targets: list[str], rank: int) -> None:
+    """Every target is a ``Linear`` or ``Conv2d`` of ``backbone`` and ``rank`` fits each one
+    (at most ``min(out, in)``, ``in`` counting a conv's kernel), checked before peft allocates.
+
+    Raises:
+        ValueError: naming the target and the problem.
+    """
+    for name in targets:
+        try:
+            layer = backbone.get_submodule(name)
+        except AttributeError:
+            raise ValueError(f"LoRA target {name} is not a module of the backbone") from None
+        if isinstance(layer, nn.Linear):
+            out, inp = layer.out_features, layer.in_features
+        elif isinstance(layer, nn.Conv2d):
+            out = layer.out_channels
+            inp = layer.in_channels * layer.kernel_size[0] * layer.kernel_size[1]
+        else:
+            raise ValueError(f"LoRA target {name} is a {type(layer).__name__}; only Linear and "
+                             "Conv2d layers can be adapted")
+        if rank > min(out, inp):
+            raise ValueError(f"lora_rank={rank} is above min(out, in) = {min(out, inp)} of "
+                             f"{name}: it adds no directions and costs rank x (in + out) = "
+                             f"{rank * (out + inp) * 4 / 2**20:.1f} MiB per layer and bank entry")
+
+
 class PretrainedLearner(TorchLearner):
     """Frozen torchvision backbone + ``peft`` LoRA + per-subspace head (see the module docstring).
 
@@ -324,6 +379,7 @@ class PretrainedLearner(TorchLearner):
 
     def __init__(self, tasks: list[Task], config: PretrainedConfig | None = None) -> None:
         self.pretrained_config = pcfg = config or PretrainedConfig()
+        check_pretrained_config(pcfg)
         # TorchLearner's methods read the shared fields; ``fast=False`` is its reference path.
         shared = {f.name: getattr(pcfg, f.name) for f in fields(AdapterConfig)}
         self.config = TorchLearnerConfig(**{**shared, "device": "cpu", "fast": False})
@@ -340,6 +396,7 @@ class PretrainedLearner(TorchLearner):
         backbone, targets = build_pretrained_backbone(
             pcfg.arch, pcfg.weights, side, pcfg.random_init, pcfg.seed
         )
+        check_lora_targets(backbone, targets, pcfg.lora_rank)
         self.lora_targets = targets
         self.model = add_lora(backbone, targets, pcfg).to(self.device).eval()
         # (A, B, scaling) per adapted layer as 2-D views: conv factors (r, in, kh, kw) and
@@ -349,6 +406,9 @@ class PretrainedLearner(TorchLearner):
         inner = self.model.base_model.model
         for name in targets:
             layer = inner.get_submodule(name)
+            if not hasattr(layer, "lora_A"):
+                raise ValueError(f"peft did not adapt {name} ({type(layer).__name__}); the "
+                                 "LoRA targets must be Linear or Conv2d layers")
             a, b = layer.lora_A["default"].weight, layer.lora_B["default"].weight
             params += [a, b]
             self._lora.append(
@@ -456,7 +516,12 @@ def make_paper_learner(
         )
     if problems:
         raise MissingDataError("\n".join(problems))
+    known = {f.name for f in fields(PretrainedConfig)} - {"arch", "weights"}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise ValueError(f"unknown pretrained learner option(s) {unknown}; known: {sorted(known)}")
+    cfg = PretrainedConfig(arch=arch, weights=None if weights is None else str(weights), **config)
+    check_pretrained_config(cfg)
     kwargs = {} if n_tasks is None else {"n_tasks": n_tasks}
     tasks = PAPER_FAMILIES[benchmark](data_root, max_train=max_train, verify=verify, **kwargs)
-    cfg = PretrainedConfig(arch=arch, weights=None if weights is None else str(weights), **config)
     return PretrainedLearner(tasks, cfg)

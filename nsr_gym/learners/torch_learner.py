@@ -21,6 +21,11 @@ Bank payloads hold, per adapted layer, the SVD-compressed factors (``layer{i}.B`
 ``layer{i}.A``: ``(k, in)``, with the LoRA scaling folded in) and the head (``head.weight``,
 ``head.bias``). Loading pads rank ``k < r`` back to ``r`` with zero columns of ``B`` and freshly
 drawn rows of ``A``, which leaves the function unchanged but keeps those directions trainable.
+Payloads are float32 by default; ``payload_dtype="float16"`` stores them in half precision and
+``"auto"`` does so per entry, only where the float16 payload's accuracy on the task's held-out
+data is within ``payload_dtype_tolerance`` of the float32 payload's (checked at every snapshot;
+:attr:`TorchLearner.last_snapshot` says what was chosen, the kept rank and energy of each layer).
+Loading casts any payload to the parameters' float32 before it is unscaled.
 
 Two paths compute the same learner. ``fast=False`` is the straightforward reference: the ``peft``
 model's forward, ``loss.backward()`` and ``torch.optim.Adam``. ``fast=True`` (the default) runs
@@ -48,7 +53,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from nsr_gym.bank import compress_lora
+from nsr_gym.bank import truncate_lora
 from nsr_gym.data import Task
 from nsr_gym.learners.backbones import (
     BACKBONES,
@@ -61,13 +66,47 @@ from nsr_gym.learners.backbones import (
     lora_targets,
 )
 from nsr_gym.learners.base import Learner, UpdateReport
-from nsr_gym.learners.config import BOOL, STR, AdapterConfig, Rule, int_at_least, is_int, setting
+from nsr_gym.learners.config import (
+    BOOL,
+    STR,
+    AdapterConfig,
+    Rule,
+    in_range,
+    int_at_least,
+    is_int,
+    setting,
+)
 from nsr_gym.learners.fast import FastForward, FlatAdam
 
 #: Options that only describe the torch learner's network. The analytic backend ignores them, so
 #: a registered backbone variant (e.g. ``CyclicSplitDigitsViT``) runs on both backends.
 BACKBONE_OPTIONS = ("backbone", "hidden", "vit_patch", "vit_dim", "vit_depth", "vit_heads",
                     "lora_blocks")
+
+
+#: Values of ``payload_dtype``: what the bank stores of a snapshot.
+PAYLOAD_DTYPES = ("float32", "float16", "auto")
+#: float16's largest finite value: a payload beyond it stays float32.
+_HALF_MAX = float(torch.finfo(torch.float16).max)
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    """What the latest :meth:`TorchLearner.snapshot` stored, per entry.
+
+    Attributes:
+        dtype: ``"float32"`` or ``"float16"``, the payload's dtype.
+        ranks: Kept SVD rank of each adapted layer, in forward order.
+        energy: Fraction of each layer's ``||dW||_F^2`` the kept directions carry.
+        accuracy_float32: Held-out accuracy of the float32 compressed payload (nan: not measured).
+        accuracy_float16: Held-out accuracy of the float16 payload (nan: not measured).
+    """
+
+    dtype: str
+    ranks: tuple[int, ...]
+    energy: tuple[float, ...]
+    accuracy_float32: float = float("nan")
+    accuracy_float16: float = float("nan")
 
 
 _WIDTHS = Rule(lambda v: isinstance(v, (list, tuple)) and len(v) > 0
@@ -106,6 +145,14 @@ class TorchLearnerConfig(AdapterConfig):
     fast: bool = setting(True, BOOL)
     """Hand-written forward on cached frozen activations and a flat Adam (same function and
     parameters as ``peft``); ``False`` runs the straightforward ``peft`` path, the reference."""
+    payload_dtype: str = setting("float32", Rule(lambda v: v in PAYLOAD_DTYPES,
+                                                 f"one of {PAYLOAD_DTYPES}"))
+    """dtype of the bank payloads (factors and head; keys stay float32): ``"float32"`` (the
+    registered benchmarks'), ``"float16"`` (half the bytes), or ``"auto"``: float16 for an entry
+    whose float16 payload's held-out accuracy is within ``payload_dtype_tolerance`` of its float32
+    payload's, float32 otherwise (two extra evaluations per snapshot)."""
+    payload_dtype_tolerance: float = setting(0.01, in_range(lambda x: 0 <= x <= 1, "in [0, 1]"))
+    """``"auto"``: most accuracy (a fraction: 0.01 = 1 point) float16 may cost an entry."""
 
 
 def resolve_device(device: str) -> torch.device:
@@ -242,6 +289,7 @@ class TorchLearner(Learner):
         self._gen = torch.Generator()  # data order: batches and probe batches
         self._init_gen = torch.Generator()  # fresh adapters and heads
         self._rank = self.config.lora_rank
+        self.last_snapshot: SnapshotInfo | None = None  # set by every snapshot()
 
     # ------------------------------------------------------------------ subspace management
     def reset(self, rng: np.random.Generator) -> None:
@@ -287,8 +335,12 @@ class TorchLearner(Learner):
                         "which do not fit this backbone's LoRA "
                         f"({tuple(b.shape)} x {tuple(a.shape)})"
                     )
+                if bk.ndim != 2 or ak.ndim != 2 or bk.shape[1] != k:
+                    raise ValueError(f"bank entry layer {i} has B {tuple(bk.shape)} and A "
+                                     f"{tuple(ak.shape)}: their ranks must agree")
                 b.zero_()
-                b[:, :k] = bk.to(self.device) / scaling
+                # Any stored dtype (float16 payloads) is cast up before it is unscaled.
+                b[:, :k] = bk.to(device=self.device, dtype=b.dtype) / scaling
                 if pad_random:
                     a.copy_(self._new_A(a.shape))
                 else:
@@ -302,25 +354,47 @@ class TorchLearner(Learner):
         self._reset_optimizer()
 
     def snapshot(self, task_id: int | None = None) -> tuple[dict[str, torch.Tensor], float]:
+        """Compress the active subspace (SVD per layer) and cast it to ``payload_dtype``; see
+        :meth:`Learner.snapshot`. :attr:`last_snapshot` records the dtype, ranks and energies.
+        ``"auto"`` without a ``task_id`` (nothing to check on) stores float32."""
         cfg = self.config
         payload: dict[str, torch.Tensor] = {}
+        ranks, energy = [], []
         with torch.no_grad():
             for i, (a, b, scaling) in enumerate(self._lora):
-                bk, ak = compress_lora(b.detach().cpu() * scaling, a.detach().cpu(),
-                                       rank=cfg.compression_rank, energy=cfg.compression_energy)
-                payload[f"layer{i}.B"], payload[f"layer{i}.A"] = bk, ak
+                cut = truncate_lora(b.detach().cpu() * scaling, a.detach().cpu(),
+                                    rank=cfg.compression_rank, energy=cfg.compression_energy)
+                payload[f"layer{i}.B"], payload[f"layer{i}.A"] = cut.B, cut.A
+                ranks.append(cut.rank)
+                energy.append(cut.energy)
             payload["head.weight"] = self.head.weight.detach().cpu().clone()
             payload["head.bias"] = self.head.bias.detach().cpu().clone()
-            gap = 0.0
-            if cfg.measure_truncation and task_id is not None:
+            half = half_payload(payload) if cfg.payload_dtype != "float32" else None
+            gap, acc32, acc16 = 0.0, float("nan"), float("nan")
+            check = cfg.payload_dtype == "auto" and half is not None and task_id is not None
+            if task_id is not None and (cfg.measure_truncation or check):
                 # eps of THEORY.md: evaluate the compressed subspace, then put the exact one back.
                 saved = [(a.clone(), b.clone()) for a, b, _ in self._lora]
                 acc_full = self.evaluate(task_id)
                 self._write_factors(payload, pad_random=False)
-                gap = acc_full - self.evaluate(task_id)
+                acc32 = stored = self.evaluate(task_id)
+                if half is not None and (check or cfg.payload_dtype == "float16"):
+                    self._write_factors(half, pad_random=False)
+                    acc16 = self.evaluate(task_id)
+                    if not check or acc32 - acc16 <= cfg.payload_dtype_tolerance:
+                        stored = acc16
+                    else:
+                        half = None  # float16 costs this entry too much: it stays float32
+                gap = acc_full - stored if cfg.measure_truncation else 0.0
                 for (a, b, _), (a0, b0) in zip(self._lora, saved, strict=True):
                     a.copy_(a0)
                     b.copy_(b0)
+            elif cfg.payload_dtype == "auto":
+                half = None
+        if half is not None:
+            payload = half
+        self.last_snapshot = SnapshotInfo("float32" if half is None else "float16", tuple(ranks),
+                                          tuple(energy), float(acc32), float(acc16))
         return payload, float(gap)
 
     def payload_shapes(self) -> dict[str, tuple[int | None, ...]]:
@@ -495,3 +569,10 @@ class TorchLearner(Learner):
         self._features.clear()
         if self.config.fast:
             self._cache.clear()
+
+
+def half_payload(payload: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """``payload`` in float16, or None where a value lies beyond float16's range."""
+    if any(float(t.abs().max()) > _HALF_MAX for t in payload.values() if t.numel()):
+        return None
+    return {name: t.to(torch.float16) for name, t in payload.items()}

@@ -7,7 +7,10 @@ same logs either way) and each finished log is kept as
 (:func:`units_dir`, :func:`unit_store`), so an interrupted run resumes where it stopped and
 ``nsr-gym leaderboard`` can draw its curves from the logs. The tables are
 :mod:`nsr_gym.metrics`'s: ``runs.csv`` (per seed), ``leaderboard.csv`` / ``.md`` (per agent,
-bootstrap CIs), ``phases.csv`` (per phase) and ``manifest.json``.
+bootstrap CIs), ``phases.csv`` (per phase) and ``manifest.json``; where the units record the
+standard accuracy matrix (``BenchmarkConfig.accuracy_matrix``, on by default offline), also
+:mod:`nsr_gym.cl_metrics`'s ``accuracy_matrix.csv`` (per seed, kept beside each unit's log under
+``matrices/``) and ``cl_metrics.csv``, with their section in ``leaderboard.md``.
 
 Use :func:`plan_benchmark` to check a :class:`BenchmarkConfig` (a ``ValueError`` says what is
 wrong before any work starts), then :func:`run_benchmark` to run it and write the files.
@@ -24,6 +27,9 @@ import pandas as pd
 
 from nsr_gym.executors import FrameStore, Sweep, Unit, config_hash
 
+#: Tasks up to which ``nsr-gym run`` records the accuracy matrix by default (it evaluates every
+#: task at every phase end, on a copy of the learner).
+MATRIX_MAX_TASKS = 20
 #: The agents ``nsr-gym run`` compares by default.
 DEFAULT_AGENTS = ("similarity", "oracle", "round-robin", "random-slot", "keep-current",
                   "always-fresh", "fixed-slot")
@@ -47,6 +53,15 @@ class BenchmarkConfig:
     """Bank entries per task (``owner``) or shared and updated in place (``active``)."""
     distill_weight: float | None = None
     """The torch learner's distillation weight (default: the learner's, 0)."""
+    capacity: int | None = None
+    """Bank slots ``K`` (default: the benchmark's, one per task)."""
+    retention: str | None = None
+    """Who decides what the bank keeps: ``env`` (its ``eviction``, the default) or ``agent``
+    (the action's second part; agents that do not decide it run with the env's eviction)."""
+    eviction: str | None = None
+    """The env's eviction policy when the bank is full (default ``lru``)."""
+    env_kwargs: dict[str, Any] | None = None
+    """Further ``gym.make`` keywords, merged in; a key no flag also sets."""
     data_root: str | None = None
     """Paper-scale benchmarks: the folder with the datasets' files."""
     weights: str | None = None
@@ -63,6 +78,10 @@ class BenchmarkConfig:
     """Output folder; default ``results/[quick/]<benchmark>[/<backend>]``."""
     quick: bool = False
     """Two seeds and two cycles, under ``results/quick/`` (a smoke test)."""
+    accuracy_matrix: bool | None = None
+    """Record the standard accuracy matrix ``R[j, i]`` at every phase end (on a copy of the
+    learner, :mod:`nsr_gym.cl_metrics`) into ``accuracy_matrix.csv`` and ``cl_metrics.csv``;
+    default: on for the offline benchmarks of at most :data:`MATRIX_MAX_TASKS` tasks."""
     sweep: Sweep = field(default_factory=Sweep)
     """Where the units run, and whether kept ones are reused."""
 
@@ -86,6 +105,11 @@ class BenchmarkPlan:
     out: Path = Path("results")
     n_steps: int = 0
     """Steps of one episode: a kept log with another length is recomputed."""
+    agent_env_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Agent name -> its own ``gym.make`` keywords where they differ from ``env_kwargs`` (under
+    ``retention="agent"``, an agent that does not decide retention runs with ``"env"``)."""
+    record_matrix: bool = False
+    """Whether the units record the accuracy matrix (``BenchmarkConfig.accuracy_matrix``)."""
 
 
 def env_ids() -> list[str]:
@@ -112,8 +136,9 @@ def env_kwargs_of(cfg: BenchmarkConfig, paper: bool) -> dict[str, Any]:
     """
     kwargs: dict[str, Any] = {"backend": cfg.backend}
     learner: dict[str, Any] = {}
-    if cfg.reserve is not None:
-        kwargs["reserve"] = cfg.reserve
+    for key in ("reserve", "capacity", "retention", "eviction"):
+        if getattr(cfg, key) is not None:
+            kwargs[key] = getattr(cfg, key)
     if cfg.distill_weight is not None:
         learner["distill_weight"] = cfg.distill_weight
     if paper:
@@ -130,7 +155,56 @@ def env_kwargs_of(cfg: BenchmarkConfig, paper: bool) -> dict[str, Any]:
                              "the paper-scale benchmarks (SplitCIFAR100, FiveDatasets)")
     if learner:
         kwargs["learner"] = learner
-    return kwargs
+    return _merge_env_kwargs(kwargs, dict(cfg.env_kwargs or {}), paper)
+
+
+#: The flag that sets each ``gym.make`` keyword (an ``--env-kwargs`` key may not repeat one).
+_FLAG_OF = {"backend": "--backend", "reserve": "--reserve", "capacity": "--capacity",
+            "retention": "--retention", "eviction": "--eviction", "n_cycles": "--cycles",
+            "data_root": "--data-root", "weights": "--weights", "arch": "--arch",
+            "verify": "--no-verify", "max_train": "--max-train"}
+
+
+def env_keywords(paper: bool) -> list[str]:
+    """The keywords ``gym.make`` takes for a benchmark (``AllocationEnv``'s arguments, and for
+    the paper-scale benchmarks ``make_paper_env``'s), sorted."""
+    import inspect
+
+    from nsr_gym.envs import AllocationEnv, make_paper_env
+
+    names = set(inspect.signature(AllocationEnv.__init__).parameters) - {"self"}
+    if paper:
+        names |= set(inspect.signature(make_paper_env).parameters) - {"benchmark", "env_kwargs"}
+    return sorted(names)
+
+
+def _merge_env_kwargs(kwargs: dict[str, Any], extra: dict[str, Any], paper: bool
+                      ) -> dict[str, Any]:
+    """``kwargs`` with ``--env-kwargs``'s ``extra`` merged in (``learner`` dicts key by key).
+
+    Raises:
+        ValueError: for an unknown keyword, or one that a flag also sets.
+    """
+    known = env_keywords(paper)
+    unknown = sorted(set(extra) - set(known))
+    if unknown:
+        raise ValueError(f"--env-kwargs: unknown keyword(s) {', '.join(map(repr, unknown))}; "
+                         f"the env takes {', '.join(known)}")
+    learner = extra.pop("learner", None)
+    twice = sorted(k for k in extra if k in kwargs)
+    if learner is not None:
+        if not isinstance(learner, dict):
+            raise ValueError(f"--env-kwargs: learner must be an object of learner options, got "
+                             f"{learner!r}")
+        twice += [f"learner.{k}" for k in sorted(set(learner) & set(kwargs.get("learner", {})))]
+    if twice:
+        flags = sorted({_FLAG_OF.get(k, "--distill-weight") for k in twice})
+        raise ValueError(f"--env-kwargs sets {', '.join(twice)}, and so does "
+                         f"{' / '.join(flags)}: pass each setting once")
+    merged = {**kwargs, **extra}
+    if learner is not None:
+        merged["learner"] = {**kwargs.get("learner", {}), **learner}
+    return merged
 
 
 def _paper_kwargs(cfg: BenchmarkConfig) -> dict[str, Any]:
@@ -174,18 +248,21 @@ def plan_benchmark(cfg: BenchmarkConfig) -> BenchmarkPlan:
     if problems:
         raise ValueError("; ".join(problems))
     env_kwargs = env_kwargs_of(cfg, cfg.benchmark in nsr_gym.PAPER_BENCHMARKS)
-    if cfg.quick:
+    if cfg.cycles is not None and "n_cycles" in env_kwargs:
+        raise ValueError("--env-kwargs sets n_cycles, and so does --cycles: pass it once")
+    if cfg.quick and "n_cycles" not in env_kwargs:
         env_kwargs.update(n_cycles=2)
     if cfg.cycles is not None:
         env_kwargs["n_cycles"] = cfg.cycles
     out = Path(cfg.out or (Path("results") / ("quick" if cfg.quick else "") / cfg.benchmark
-                           / ("" if cfg.backend == "torch" else cfg.backend)))
+                           / ("" if cfg.backend == "torch" else cfg.backend) / _variant(cfg)))
     env_id = nsr_gym.env_id(cfg.benchmark)
     try:  # configuration errors surface before any work starts
         probe = gym.make(env_id, **env_kwargs)
-        n_steps = probe.unwrapped.n_steps
+        n_steps, n_tasks = probe.unwrapped.n_steps, probe.unwrapped.n_tasks
+        per_agent = agent_env_kwargs(built, env_kwargs, probe.unwrapped)
         probe.close()
-    except (ValueError, FileNotFoundError) as err:  # FileNotFoundError: paper-scale files
+    except (ValueError, TypeError, FileNotFoundError) as err:  # FileNotFoundError: paper files
         raise ValueError(str(err)) from err
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -198,7 +275,71 @@ def plan_benchmark(cfg: BenchmarkConfig) -> BenchmarkPlan:
         classes={p.name: p.memory_class for p in built},
         tags={p.name: "@" + p.weights_sha256[:12] for p in built
               if getattr(p, "weights_sha256", "")},
-        seeds=seeds, out=out, n_steps=n_steps)
+        seeds=seeds, out=out, n_steps=n_steps,
+        agent_env_kwargs={p.name: kw for p, kw in zip(built, per_agent, strict=True)
+                          if kw != env_kwargs},
+        record_matrix=cfg.accuracy_matrix if cfg.accuracy_matrix is not None else
+        cfg.benchmark not in nsr_gym.PAPER_BENCHMARKS and n_tasks <= MATRIX_MAX_TASKS)
+
+
+def _variant(cfg: BenchmarkConfig) -> str:
+    """The default output's subfolder for bank settings (``""`` without them), so that a capped
+    bank never overwrites a benchmark's default tables: e.g. ``K3-retention-agent``."""
+    parts = [f"{name}{value}" for name, value in (
+        ("K", cfg.capacity), ("retention-", cfg.retention), ("eviction-", cfg.eviction))
+        if value is not None]
+    if cfg.env_kwargs:
+        parts.append(f"env-{config_hash(cfg.env_kwargs)[:8]}")
+    return "-".join(parts)
+
+
+def retention_need(policy: Any) -> str:
+    """What an agent needs of the env's ``retention`` mode: ``"agent"`` (it decides retention:
+    the retention rules, controllers trained on ``retention="agent"``), ``"env"`` (its action
+    is an allocation only) or ``"either"`` (the clairvoyant plans for both)."""
+    from nsr_gym.agents import Clairvoyant, SB3Policy
+    from nsr_gym.agents.retention import RetentionRule
+
+    if isinstance(policy, Clairvoyant):
+        return "either"
+    if isinstance(policy, RetentionRule):
+        return "agent"
+    if isinstance(policy, SB3Policy) and "action_nvec" in policy.config:
+        return "agent"
+    return "env"
+
+
+def agent_env_kwargs(policies: list[Any], env_kwargs: dict[str, Any], env: Any
+                     ) -> list[dict[str, Any]]:
+    """Each agent's ``gym.make`` keywords: ``env_kwargs``, except that under
+    ``retention="agent"`` an agent whose action is an allocation only runs with
+    ``retention="env"`` (the env's ``eviction`` decides for it, as on any env).
+
+    Args:
+        policies: The built agents.
+        env_kwargs: The run's keywords.
+        env: The run's env (unwrapped), for its capacity and number of tasks.
+
+    Raises:
+        ValueError: naming the flag to pass, for an agent that decides retention on an env that
+            does (``retention="env"``), and for the clairvoyant on one whose bank is smaller
+            than the stream.
+    """
+    mode, out, problems = env_kwargs.get("retention", "env"), [], []
+    for policy in policies:
+        need = retention_need(policy)
+        if mode == "env" and need == "agent":
+            problems.append(f"{policy.name} decides what the bank keeps: pass --retention agent "
+                            "(with --capacity K below the number of tasks for it to matter)")
+        elif mode == "env" and need == "either" and env.capacity < env.n_tasks:
+            problems.append(f"{policy.name} plans retention itself when the bank holds fewer "
+                            f"slots ({env.capacity}) than tasks ({env.n_tasks}): pass "
+                            "--retention agent")
+        out.append({**env_kwargs, "retention": "env"} if mode == "agent" and need == "env"
+                   else env_kwargs)
+    if problems:
+        raise ValueError("; ".join(problems))
+    return out
 
 
 # ----------------------------------------------------------------------------- units
@@ -243,6 +384,55 @@ def rollout_unit(unit: Unit) -> pd.DataFrame:
     env = cached_env(unit.setting["env_id"], unit.setting["env_kwargs"])
     policy = make_agent(unit.setting.get("spec", unit.agent))
     return rollout(env, policy, unit.seed, agent_name=unit.agent)
+
+
+def rollout_matrix_unit(unit: Unit) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """:func:`rollout_unit` with the accuracy matrix recorded (the same step log, bit for bit).
+
+    Returns:
+        ``(step log, matrix)``; the matrix in :data:`nsr_gym.cl_metrics.MATRIX_COLUMNS`.
+    """
+    from nsr_gym.agents import make_agent, rollout
+    from nsr_gym.cl_metrics import MatrixRecorder
+
+    env = cached_env(unit.setting["env_id"], unit.setting["env_kwargs"])
+    recorder = MatrixRecorder(make_agent(unit.setting.get("spec", unit.agent)))
+    log = rollout(env, recorder, unit.seed, agent_name=unit.agent)
+    return log, recorder.frame(unit.agent, unit.seed)
+
+
+class MatrixUnitStore:
+    """Keeps ``(step log, matrix)`` units: the log where :func:`unit_store` keeps it, the matrix
+    under ``matrices/`` beside it; a unit counts as kept only with both."""
+
+    def __init__(self, logs: FrameStore, matrices: FrameStore) -> None:
+        self.logs, self.matrices = logs, matrices
+
+    def load(self, unit: Unit) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+        log = self.logs.load(unit)
+        matrix = None if log is None else self.matrices.load(unit)
+        return None if matrix is None else (log, matrix)
+
+    def save(self, unit: Unit, result: tuple[pd.DataFrame, pd.DataFrame]) -> None:
+        self.matrices.save(unit, result[1])
+        self.logs.save(unit, result[0])
+
+
+def matrix_store(plan: BenchmarkPlan) -> MatrixUnitStore:
+    """:func:`unit_store` plus each unit's accuracy matrix (checked for its columns and rows)."""
+    from nsr_gym.cl_metrics import MATRIX_COLUMNS
+
+    logs = unit_store(plan)
+
+    def check(matrix: pd.DataFrame, unit: Unit) -> str | None:
+        if list(matrix.columns) != MATRIX_COLUMNS:
+            return "other columns"
+        if not ((matrix["agent"] == unit.agent).all() and (matrix["seed"] == unit.seed).all()):
+            return "another unit's rows"
+        return None
+
+    return MatrixUnitStore(logs, FrameStore(logs.folder / "matrices", name=logs.name,
+                                            check=check))
 
 
 def units_dir(out: str | Path, env_id: str, env_kwargs: dict[str, Any]) -> Path:
@@ -294,35 +484,62 @@ def run_benchmark(plan: BenchmarkPlan, command: str | None = None) -> tuple[str,
     )
 
     cfg = plan.config
-    units = [Unit(a, s, {"env_id": plan.env_id, "env_kwargs": plan.env_kwargs,
+    units = [Unit(a, s, {"env_id": plan.env_id,
+                         "env_kwargs": plan.agent_env_kwargs.get(a, plan.env_kwargs),
                          "spec": plan.specs[a]}) for a in plan.agents for s in plan.seeds]
     t0 = time.perf_counter()
     try:
-        logs, _ = cfg.sweep.run(rollout_unit, units, unit_store(plan), desc="rollouts")
+        if plan.record_matrix:
+            kept, _ = cfg.sweep.run(rollout_matrix_unit, units, matrix_store(plan),
+                                    desc="rollouts")
+            logs, matrices = [k[0] for k in kept], [k[1] for k in kept]
+        else:
+            logs, _ = cfg.sweep.run(rollout_unit, units, unit_store(plan), desc="rollouts")
     finally:
         close_cached_envs()
     steps = pd.concat(logs, ignore_index=True)
     wall = time.perf_counter() - t0
 
-    runs = metrics.summarize(steps, reference="oracle" if "oracle" in plan.agents else None)
+    reference = next((a for a in ("clairvoyant", "oracle") if a in plan.agents), None)
+    runs = metrics.summarize(steps, reference=reference)
     board = metrics.leaderboard(runs, plan.classes)
     phases = pd.concat([metrics.phase_table(g).assign(agent=a, seed=s)
                         for (a, s), g in steps.groupby(["agent", "seed"], sort=False)],
                        ignore_index=True)
     phases = phases[["agent", "seed"] + [c for c in phases.columns if c not in ("agent", "seed")]]
 
+    extra = {"agent_env_kwargs": plan.agent_env_kwargs} if plan.agent_env_kwargs else {}
     meta = manifest(command or command_line(), plan.seeds, wall, benchmark=cfg.benchmark,
                     env_id=plan.env_id, env_kwargs=plan.env_kwargs, agents=plan.agents,
-                    recovery_convention=metrics.recovery_convention())
+                    recovery_convention=metrics.recovery_convention(), **extra)
     out = plan.out
     write_csv(out / "leaderboard.csv", board)
     write_csv(out / "runs.csv", runs)
     write_csv(out / "phases.csv", phases)
     md = (f"# Leaderboard: {cfg.benchmark} ({cfg.backend} backend)\n\n{provenance_line(meta)}\n\n"
           f"{markdown_table(board)}\n\nReturn: mean over seeds with a 95% bootstrap CI. Regret: "
-          f"oracle return minus the agent's, same seed. BWT / forgetting: at each task's return "
-          f"(see nsr_gym.metrics). Recovery: {metrics.recovery_convention()}. MB = 10^6 bytes of "
-          f"bank tensors.\n")
+          f"{reference or 'oracle'} return minus the agent's, same seed. BWT / forgetting: at "
+          f"each task's return (see nsr_gym.metrics). Recovery: "
+          f"{metrics.recovery_convention()}. MB = 10^6 bytes of bank tensors.\n"
+          f"{_retention_note(plan)}")
+    if plan.record_matrix:  # the standard family, in files of its own
+        from nsr_gym.cl_metrics import cl_markdown, summarize_matrices
+
+        matrix = pd.concat(matrices, ignore_index=True)
+        per_seed = summarize_matrices(matrix)
+        write_csv(out / "accuracy_matrix.csv", matrix)
+        write_csv(out / "cl_metrics.csv", per_seed)
+        md += "\n" + cl_markdown(per_seed)
     atomic_write_text(out / "leaderboard.md", md)
     write_json(out / "manifest.json", meta)
     return md, wall
+
+
+def _retention_note(plan: BenchmarkPlan) -> str:
+    """A line naming the agents that ran with the env's eviction under ``retention="agent"``."""
+    if not plan.agent_env_kwargs:
+        return ""
+    eviction = plan.env_kwargs.get("eviction", "lru")
+    return (f"\nRetention: the agents' own decision (retention='agent'), except for "
+            f"{', '.join(plan.agent_env_kwargs)}, whose action is an allocation only: the env's "
+            f"eviction ({eviction}) decides for them (retention='env').\n")

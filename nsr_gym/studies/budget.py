@@ -15,6 +15,12 @@ Three studies, each returning a tidy ``pandas.DataFrame``:
   query and value projections of 12 blocks of width 768, plus a 10-way head and the key), built
   by :func:`~nsr_gym.bank.compress_lora` on random factors of that shape: no training needed.
   Compared with the paper's 0.29 MB per task.
+* :func:`precision_sweep`: float16 payloads and per-entry SVD ranks by energy, on the torch
+  backend at several LoRA ranks, by the compression sweep's procedure; each row also carries the
+  entry's bytes at ViT-B/16's shape (:func:`vit_bytes`), and :func:`summarize_precision` gives
+  bytes per task against the paper's 0.29 MB with the accuracy each setting costs.
+* :func:`byte_budget_study`: a bank bounded in bytes (``capacity_bytes``), float32 against
+  per-entry float16 payloads: how many tasks the same bytes hold, and what that returns.
 """
 
 from __future__ import annotations
@@ -37,6 +43,16 @@ def _entry(key: np.ndarray, payload: dict[str, torch.Tensor], task: int) -> Bank
     return BankEntry(
         key=np.asarray(key, dtype=np.float32), tensors=payload, owner=task, tasks_served=[task]
     )
+
+
+def vit_bytes(mean_rank: float, itemsize: int, width: int = 768, layers: int = 24,
+              n_classes: int = 10) -> tuple[float, float]:
+    """``(entry_bytes, adapter_bytes)`` of a ViT-B/16-shaped entry: ``layers`` LoRA pairs
+    ``B (width, k)``, ``A (k, width)`` with mean kept rank ``mean_rank``, a ``(n_classes, width)``
+    head and its bias, all ``itemsize`` bytes per element, and the float32 ``(width,)`` key (the
+    same accounting as :attr:`BankEntry.nbytes`; exact for an integer rank)."""
+    adapter = layers * 2 * width * mean_rank * itemsize
+    return adapter + (n_classes * width + n_classes) * itemsize + 4 * width, adapter
 
 
 def recompress(
@@ -170,6 +186,11 @@ def _episode(env: Any, policy: Any, seed: int) -> pd.DataFrame:
     return log[[*_STEP_KEYS, "reward"]].assign(status=statuses)
 
 
+#: Columns of :func:`eviction_study`, in order.
+_REVISIT_COLUMNS = ["capacity", "eviction", "seed", "phase", "task_id", "visit", "status",
+                    "recovery", "censored", "zero_shot", "bwt", "episode_return", "bank_mb"]
+
+
 def eviction_study(
     make_env: Callable[[int, str], Any],
     make_policy: Callable[[], Any],
@@ -211,25 +232,7 @@ def eviction_study(
                         episode_return=float(steps["reward"].sum()),
                         bank_mb=float(steps["bank_bytes"].iloc[-1]) / BYTES_PER_MB,
                     )
-                    frames.append(
-                        rev[
-                            [
-                                "capacity",
-                                "eviction",
-                                "seed",
-                                "phase",
-                                "task_id",
-                                "visit",
-                                "status",
-                                "recovery",
-                                "censored",
-                                "zero_shot",
-                                "bwt",
-                                "episode_return",
-                                "bank_mb",
-                            ]
-                        ]
-                    )
+                    frames.append(rev[_REVISIT_COLUMNS])
             finally:
                 env.close()
     return pd.concat(frames, ignore_index=True)
@@ -269,6 +272,7 @@ def vit_entry_bytes(
     targets: tuple[str, ...] = ("q", "v"),
     n_classes: int = 10,
     seed: int = 0,
+    dtype: torch.dtype = torch.float32,
 ) -> pd.DataFrame:
     """Bytes of real bank entries shaped for ViT-B/16 (see the module docstring).
 
@@ -278,6 +282,7 @@ def vit_entry_bytes(
     key, in a :class:`BankEntry`. Columns: ``rank``, ``layers``, ``adapter_bytes``,
     ``head_bytes``, ``key_bytes``, ``entry_bytes`` (``BankEntry.nbytes``), ``entry_mb``,
     ``adapter_mb``, ``ratio_to_paper`` (entry MB / 0.29) and ``adapter_ratio_to_paper``.
+    ``dtype`` is the payload's (factors and head; the key stays float32).
     """
     gen = torch.Generator().manual_seed(seed)
     rows = []
@@ -290,6 +295,7 @@ def vit_entry_bytes(
             payload[f"layer{i}.B"], payload[f"layer{i}.A"] = compress_lora(b, a)
         payload["head.weight"] = torch.randn(n_classes, width, generator=gen)
         payload["head.bias"] = torch.zeros(n_classes)
+        payload = {name: t.to(dtype) for name, t in payload.items()}
         entry = _entry(np.zeros(width, dtype=np.float32), payload, 0)
         adapter = sum(
             t.numel() * t.element_size() for n, t in payload.items() if n.startswith("layer")
@@ -309,4 +315,137 @@ def vit_entry_bytes(
                 "adapter_ratio_to_paper": adapter / BYTES_PER_MB / PAPER_MB_PER_TASK,
             }
         )
+    return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- float16, energy
+
+
+def precision_sweep(tasks: str = "five_domains", n_tasks: int = 5, seeds: Iterable[int] = (0, 1),
+                    updates: int = 300, lora_ranks: Iterable[int] = (1, 2, 4, 8, 16),
+                    energies: Iterable[float | None] = (None, 0.999, 0.99),
+                    tolerance: float = 0.01, learner: dict[str, Any] | None = None
+                    ) -> pd.DataFrame:
+    """float16 payloads and per-entry ranks by energy, measured as :func:`compression_sweep`.
+
+    For each LoRA rank ``r`` a torch learner (``lora_rank = r``) trains each task from fresh for
+    ``updates`` Adam updates; its exact factors are recompressed at each energy threshold
+    (``None``: no truncation; each layer of each entry keeps its own rank), stored as a real
+    :class:`BankEntry` in float32 and in float16 (factors and head; the key stays float32), loaded
+    back and evaluated on the task's held-out data. ``"auto"`` is the per-entry check of
+    ``TorchLearner(payload_dtype="auto")``: float16 where its accuracy is within ``tolerance`` of
+    the float32 payload's, float32 otherwise.
+
+    Returns:
+        One row per (lora_rank, seed, task, energy, dtype): ``mean_rank`` (kept, over layers),
+        ``bytes`` (the entry's ``nbytes``), ``stored_dtype``, ``accuracy``, ``accuracy_float32``
+        (same energy, float32), ``accuracy_full`` (uncompressed float32), and ``vit_bytes`` /
+        ``vit_adapter_bytes``: the entry at ViT-B/16's shape with that mean kept rank and dtype
+        (:func:`vit_bytes`).
+    """
+    from nsr_gym.data import make_tasks
+    from nsr_gym.learners.torch_learner import TorchLearner, TorchLearnerConfig, half_payload
+
+    rows = []
+    for r in lora_ranks:
+        cfg = TorchLearnerConfig(**{**(learner or {}), "lora_rank": r, "compression_rank": None,
+                                    "compression_energy": None, "measure_truncation": False})
+        model = TorchLearner(make_tasks(tasks, n_tasks), cfg)
+        try:
+            for seed in seeds:
+                model.reset(np.random.default_rng(seed))
+                for task in range(n_tasks):
+                    model.fresh()
+                    model.train(task, updates)
+                    full = model.evaluate(task)
+                    exact, _ = model.snapshot(task)
+                    key = model.embed(task)
+                    for energy in energies:
+                        payload, kept = recompress(exact, None, energy)
+                        base = {"lora_rank": r, "seed": seed, "task": task, "energy": energy,
+                                "mean_rank": float(np.mean(kept)), "accuracy_full": full}
+                        rows += _precision_rows(model, task, key, payload, half_payload(payload),
+                                                tolerance, base)
+        finally:
+            model.close()
+    return pd.DataFrame(rows)
+
+
+def _precision_rows(model: Any, task: int, key: np.ndarray, payload: dict[str, torch.Tensor],
+                    half: dict[str, torch.Tensor] | None, tolerance: float,
+                    base: dict[str, Any]) -> list[dict[str, Any]]:
+    """The float32, float16 and auto rows of one entry at one energy."""
+    measured = {}
+    for dtype, p in (("float32", payload), ("float16", half)):
+        if p is not None:
+            model.load(p)
+            measured[dtype] = (p, model.evaluate(task))
+    acc32 = measured["float32"][1]
+    ok16 = "float16" in measured and acc32 - measured["float16"][1] <= tolerance
+    measured["auto"] = measured["float16" if ok16 else "float32"]
+    rows = []
+    for dtype, (p, acc) in measured.items():
+        entry = _entry(key, p, task)
+        stored = str(p["head.weight"].dtype).removeprefix("torch.")
+        vit, vit_adapter = vit_bytes(base["mean_rank"], p["head.weight"].element_size())
+        rows.append({**base, "dtype": dtype, "stored_dtype": stored, "bytes": entry.nbytes,
+                     "accuracy": acc, "accuracy_float32": acc32, "vit_bytes": vit,
+                     "vit_adapter_bytes": vit_adapter})
+    return rows
+
+
+def summarize_precision(rows: pd.DataFrame, tolerance: float = 0.01) -> pd.DataFrame:
+    """Per (lora_rank, energy, dtype): mean kept rank, share stored in float16, bytes (this
+    learner's and at ViT-B/16's shape, in MB = 10^6 bytes, and against the paper's 0.29 MB),
+    and the accuracy loss against the uncompressed float32 entry: mean, worst entry, and the
+    share of entries that lose more than ``tolerance``."""
+    d = rows.assign(loss=rows["accuracy_full"] - rows["accuracy"],
+                    half=rows["stored_dtype"] == "float16",
+                    energy=rows["energy"].astype(object).where(rows["energy"].notna(), "none"))
+    out = d.groupby(["lora_rank", "energy", "dtype"], sort=False).agg(
+        mean_rank=("mean_rank", "mean"), float16_share=("half", "mean"), bytes=("bytes", "mean"),
+        vit_mb=("vit_bytes", "mean"), vit_adapter_mb=("vit_adapter_bytes", "mean"),
+        accuracy=("accuracy", "mean"), accuracy_loss=("loss", "mean"),
+        worst_loss=("loss", "max"),
+        over_tolerance=("loss", lambda x: float((x > tolerance).mean())))
+    out[["vit_mb", "vit_adapter_mb"]] /= BYTES_PER_MB
+    out["ratio_to_paper"] = out["vit_mb"] / PAPER_MB_PER_TASK
+    out["adapter_ratio_to_paper"] = out["vit_adapter_mb"] / PAPER_MB_PER_TASK
+    return out.reset_index()
+
+
+def byte_budget_study(make_env: Callable[[int, str], Any], make_policy: Callable[[], Any],
+                      budgets: Iterable[int], dtypes: Iterable[str],
+                      seeds: Iterable[int]) -> pd.DataFrame:
+    """What a bank bounded in bytes holds, with float32 or per-entry float16 payloads.
+
+    Args:
+        make_env: ``(capacity_bytes, payload_dtype) -> env``.
+        make_policy: Builds the allocation policy.
+        budgets: Byte budgets (``capacity_bytes``).
+        dtypes: ``payload_dtype`` values of the torch learner (``"float32"``, ``"auto"``).
+        seeds: Episode seeds.
+
+    Returns:
+        One row per (budget, dtype, seed): ``entries`` (mean tasks held at phase ends),
+        ``entry_bytes`` (mean bytes per held entry there), ``retained_share`` (revisits whose
+        entry was held), ``episode_return``.
+    """
+    rows = []
+    for budget in budgets:
+        for dtype in dtypes:
+            env = make_env(budget, dtype)
+            try:
+                for seed in seeds:
+                    steps = _episode(env, make_policy(), seed)
+                    ends = steps.groupby("phase").last()
+                    revisits = steps[steps["visit"] > 1].groupby("phase")["status"].first()
+                    rows.append({"capacity_bytes": budget, "payload_dtype": dtype, "seed": seed,
+                                 "entries": float(ends["bank_entries"].mean()),
+                                 "entry_bytes": float((ends["bank_bytes"] / ends["bank_entries"]
+                                                       .clip(lower=1)).mean()),
+                                 "retained_share": float((revisits == "retained").mean()),
+                                 "episode_return": float(steps["reward"].sum())})
+            finally:
+                env.close()
     return pd.DataFrame(rows)

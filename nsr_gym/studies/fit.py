@@ -14,7 +14,10 @@ take as is).
 Then the fitted analytic backend runs the same regret protocol (:mod:`nsr_gym.studies.regret`)
 on the same setting, and ``prediction.json`` / ``prediction.md`` put its regret slopes, ratios,
 ``Delta_switch`` and recovery times next to the logged ones: absolute and relative errors, and
-the diagnostics that say why.
+the diagnostics that say why. Where the logs have blind agents, ``prediction.json``'s
+``negative_transfer`` adds a second prediction (:mod:`nsr_gym.studies.fit_transfer`): the same
+fit plus negative transfer at a wrong load, for the logged setting and for each
+``--capacity-from`` folder.
 """
 
 from __future__ import annotations
@@ -52,6 +55,13 @@ class FitConfig:
     """Run the fitted analytic backend and compare (off: only fit and write the config)."""
     sweep: Sweep = field(default_factory=Sweep)
     """How the fitted analytic units run, and whether finished ones are reused."""
+    capacity_from: tuple[str, ...] = ()
+    """``nsr-gym regret --capacity`` folders whose slopes the negative-transfer model predicts."""
+
+
+def fit_transfer_agents(wide: pd.DataFrame) -> list[str]:
+    """The blind agents whose wrong loads the negative-transfer term is fitted to."""
+    return [a for a in ("fixed-slot", "random-slot") if a in set(wide["agent"])]
 
 
 def _first(folder: Path, names: tuple[str, ...]) -> Path | None:
@@ -249,14 +259,23 @@ def predict(cfg: FitConfig, fitted: Fitted, command: str | None = None) -> str:
     predicted, _ = rg.run_study(predicted_setup, seeds, out / "analytic", cfg.sweep,
                                 resamples=cfg.resamples, tol=0.05, max_width=0.5, steps_log=False,
                                 extra_meta={"fitted_from": str(source)}, command=command)
+    from nsr_gym.studies.fit_transfer import transfer_prediction
+
     result = {"setting": st, "config": config, "fit": fitted.fit.as_dict(),
               "comparison": compare(observed, predicted), "logged_seeds": seeds_logged,
               "predicted_seeds": len(seeds)}
+    if set(fit_transfer_agents(wide)):
+        result["negative_transfer"] = transfer_prediction(fitted.fit, wide, st, observed,
+                                                          tuple(cfg.capacity_from))
     meta = manifest(command or command_line(), seeds, time.perf_counter() - fitted.started,
                     fitted_from=str(source), logged_seeds=seeds_logged)
     write_json(out / "prediction.json", rg.strict_json(result))
     write_json(out / "manifest.json", meta)
     md = _prediction_markdown(source, config, fitted.fit.as_dict(), result["comparison"],
                               provenance_line(meta))
+    if "negative_transfer" in result:
+        from nsr_gym.studies.fit_transfer import transfer_markdown
+
+        md += transfer_markdown(result["negative_transfer"])
     atomic_write_text(out / "prediction.md", md)
     return md

@@ -11,7 +11,17 @@ Reads each ``results/<benchmark>/[<backend>/]runs.csv`` (with its ``manifest.jso
   rliable does; the statistics are :mod:`nsr_gym.stats`'s);
 * ``results/leaderboard_scores.csv``: the raw per-seed matrix (benchmark, seed) x agent of
   returns and normalized scores, from which every aggregate can be recomputed;
+* ``results/leaderboard_cl_metrics.csv``: per benchmark and agent, the *standard* family of
+  :mod:`nsr_gym.cl_metrics` (final average accuracy, average incremental accuracy, BWT,
+  forgetting, FWT from the accuracy matrix ``R[j, i]``), for the results whose
+  ``cl_metrics.csv`` ``nsr-gym run`` wrote (the per-seed matrices stay in each result's
+  ``accuracy_matrix.csv``);
 * ``results/leaderboard_plots/``: the figures of :mod:`nsr_gym.studies.leaderboard_plots`.
+
+Two metric families share names, so the tables keep them apart: ``bwt`` / ``forgetting``
+(``revisit_bwt`` / ``revisit_forgetting`` in ``leaderboard.md``) are :mod:`nsr_gym.metrics`'s,
+measured when a task returns; ``std_bwt`` / ``std_forgetting`` are the standard ones
+(Lopez-Paz and Ranzato; Chaudhry et al.) from the accuracy matrix.
 
 Normalized score, per benchmark and seed: ``(R - R_mem) / (R_oracle - R_mem)``, where ``R_mem``
 is the return of the best memoryless agent (class M0 or M1; best by mean return on that
@@ -33,6 +43,8 @@ from nsr_gym.stats import MEMORYLESS, normalized_scores, stratified_bootstrap_ci
 SHORT_COLUMNS = ["agent", "class", "seeds", "return_iqm", "return_ci_low", "return_ci_high",
                  "normalized_iqm", "normalized_ci_low", "normalized_ci_high", "acc", "acc_online",
                  "bwt", "forgetting", "recovery", "mb_per_task"]
+#: How ``leaderboard.md`` names the revisit family's columns (the CSV keeps ``bwt``, ...).
+REVISIT_NAMES = {"bwt": "revisit_bwt", "forgetting": "revisit_forgetting"}
 
 
 # ----------------------------------------------------------------------------- reading results
@@ -73,6 +85,8 @@ def load_result(folder: Path) -> dict[str, Any]:
         board = pd.read_csv(folder / "leaderboard.csv")
         classes = dict(zip(board["agent"], board["class"].fillna(""), strict=True))
     phases = pd.read_csv(folder / "phases.csv") if (folder / "phases.csv").is_file() else None
+    cl = pd.read_csv(folder / "cl_metrics.csv") if (folder / "cl_metrics.csv").is_file() else None
+    matrix = folder / "accuracy_matrix.csv"
     units = units_dir(folder, meta["env_id"], meta["env_kwargs"])
     logs = [pd.read_csv(p) for p in sorted(units.glob("*__seed*.csv"))] if units.is_dir() else []
     steps = pd.concat(logs, ignore_index=True) if logs else None
@@ -80,7 +94,8 @@ def load_result(folder: Path) -> dict[str, Any]:
         steps = steps.merge(runs[["agent", "seed"]], on=["agent", "seed"])  # this run's units only
     return {"folder": folder, "meta": meta, "benchmark": meta["benchmark"],
             "backend": meta["env_kwargs"].get("backend", "torch"), "runs": runs,
-            "classes": classes, "phases": phases, "steps": steps}
+            "classes": classes, "phases": phases, "steps": steps, "cl": cl,
+            "matrix": pd.read_csv(matrix) if matrix.is_file() else None}
 
 
 # ----------------------------------------------------------------------------- tables
@@ -104,6 +119,19 @@ def benchmark_table(res: dict[str, Any]) -> pd.DataFrame:
             "forgetting": g["forgetting"].mean(), "recovery": g["recovery"].mean(),
             "mb_per_task": g["mb_per_task"].mean()})
     return pd.DataFrame(rows).sort_values("return_iqm", ascending=False, ignore_index=True)
+
+
+def standard_table(res: dict[str, Any]) -> pd.DataFrame | None:
+    """The standard family per agent of one result (:func:`nsr_gym.cl_metrics.cl_table`), or
+    ``None`` for a result written without the accuracy matrix."""
+    from nsr_gym.cl_metrics import cl_table
+
+    if res["cl"] is None:
+        return None
+    table = cl_table(res["cl"])
+    table.insert(0, "backend", res["backend"])
+    table.insert(0, "benchmark", res["benchmark"])
+    return table
 
 
 def score_matrix(results: list[dict[str, Any]]) -> pd.DataFrame:
@@ -157,9 +185,12 @@ def leaderboard_markdown(results: list[dict[str, Any]], tables: list[pd.DataFram
         "Return: IQM over seeds (mean of the middle 50%) with a 95% bootstrap CI. Normalized: "
         "per seed, (R - R_best_memoryless) / (R_oracle - R_best_memoryless), so 0 is the best "
         "memoryless agent (class M0/M1) and 1 the oracle. ACC: mean accuracy at the end of "
-        "each task's last visit; BWT and forgetting at each task's return; recovery in steps "
-        "(see nsr_gym.metrics); MB per task = bank bytes / entries / 10^6. Raw per-seed "
-        "scores: `leaderboard_scores.csv`.\n",
+        "each task's last visit; revisit BWT and revisit forgetting at each task's return; "
+        "recovery in steps (see nsr_gym.metrics); MB per task = bank bytes / entries / 10^6. "
+        "Raw per-seed scores: `leaderboard_scores.csv`. The standard family (std_acc, std_aia, "
+        "std_bwt, std_forgetting, std_fwt: Lopez-Paz and Ranzato's BWT and FWT, Chaudhry et "
+        "al.'s forgetting, from the accuracy matrix R[j, i]; nsr_gym.cl_metrics) follows each "
+        "benchmark's table where its run recorded the matrix: `leaderboard_cl_metrics.csv`.\n",
     ]
     for res, table in zip(results, tables, strict=True):
         src = res["meta"]
@@ -167,16 +198,30 @@ def leaderboard_markdown(results: list[dict[str, Any]], tables: list[pd.DataFram
         lines += [f"## {res['benchmark']}{backend}\n",
                   f"From `{src['command']}` (git {src['git_revision'][:12]}, "
                   f"{src['created_utc']}), `{res['folder']}`.\n",
-                  markdown_table(table[SHORT_COLUMNS]), ""]
+                  markdown_table(table[SHORT_COLUMNS].rename(columns=REVISIT_NAMES)), ""]
         check = bwt_check(table)
         if check:
             lines += [check, ""]
+        lines += _standard_lines(res)
     lines += ["## All benchmarks: normalized score\n",
               "IQM over every (benchmark, seed) run, 95% stratified bootstrap CI (seeds resampled "
               "within each benchmark).\n", markdown_table(agg), ""]
     if figures:
         lines += ["## Plots\n"] + [f"- `{f}`" for f in figures] + [""]
     return "\n".join(lines)
+
+
+def _standard_lines(res: dict[str, Any]) -> list[str]:
+    """The standard-family table of one result in ``leaderboard.md``, or a note without it."""
+    from nsr_gym.results import markdown_table
+
+    table = standard_table(res)
+    if table is None:
+        return ["Standard metrics (std_*): not recorded in this result (no cl_metrics.csv; "
+                "`nsr-gym run` writes it with the accuracy matrix).", ""]
+    return ["Standard metrics from the accuracy matrix R[j, i] (serve: which subspace R "
+            "evaluates each task with; nsr_gym.cl_metrics):\n",
+            markdown_table(table.drop(columns=["benchmark", "backend"])), ""]
 
 
 # ----------------------------------------------------------------------------- the command
@@ -230,6 +275,9 @@ def write_leaderboard(root: str | Path, plots: bool = True,
     write_csv(root / "leaderboard.csv", board)
     write_csv(root / "leaderboard_scores.csv", scores)
     write_csv(root / "leaderboard_aggregate.csv", agg)
+    standard = [t for t in map(standard_table, results) if t is not None]
+    if standard:
+        write_csv(root / "leaderboard_cl_metrics.csv", pd.concat(standard, ignore_index=True))
     md = leaderboard_markdown(results, tables, agg, provenance_line(meta),
                               [str(p.relative_to(root)) for p in figures])
     atomic_write_text(root / "leaderboard.md", md)

@@ -1,7 +1,9 @@
 """The leaderboard's figures, written into ``results/leaderboard_plots/``.
 
-Per benchmark result (:func:`plot_result`): accuracy-matrix heat maps (from ``phases.csv``),
-accuracy around task switches and bank memory against tasks seen (from the step logs; the
+Per benchmark result (:func:`plot_result`): heat maps of the two accuracy matrices, the
+revisit family's ``A[visit, task]`` (from ``phases.csv``) and the standard ``R[phase, task]``
+(from ``accuracy_matrix.csv``, :mod:`nsr_gym.cl_metrics`, where the run recorded it), accuracy
+around task switches and bank memory against tasks seen (from the step logs; the
 curves are also written as CSV next to the figures). Over all benchmarks
 (:func:`plot_performance_profiles`): rliable's performance profiles of the normalized scores,
 with 95% stratified-bootstrap bands. rliable is a test extra: without it that figure is skipped
@@ -106,6 +108,30 @@ def _plot_accuracy_matrix(phases: pd.DataFrame, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def _plot_standard_matrix(matrix: pd.DataFrame, path: Path, title: str) -> None:
+    """Heat maps of the standard ``R[phase, task]`` per agent (mean over seeds)."""
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
+    agents = _agents_to_plot(matrix["agent"])
+    fig, axes = plt.subplots(1, len(agents), figsize=(2.8 * len(agents) + 1, 3.6),
+                             squeeze=False, constrained_layout=True)
+    body = matrix[matrix["phase"] >= 0]
+    for j, agent in enumerate(agents):
+        m = body[body["agent"] == agent]
+        mat = m.pivot_table(index="phase", columns="task", values="accuracy", aggfunc="mean")
+        ax = axes[0, j]
+        im = ax.imshow(mat.to_numpy(), vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_title(f"{agent} (serve: {m['serve'].iloc[0]})", fontsize=9)
+        ax.set(xlabel="task i", ylabel="after phase j")
+        for axis in (ax.xaxis, ax.yaxis):
+            axis.set_major_locator(MaxNLocator(integer=True))
+    fig.colorbar(im, ax=axes, shrink=0.7, label="accuracy (mean over seeds)")
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _plot_switches_memory(curves: pd.DataFrame, mem: pd.DataFrame, path: Path,
                           title: str) -> None:
     """Accuracy around task switches (left) and bank MB against phases seen (right)."""
@@ -143,7 +169,11 @@ def plot_result(res: dict[str, Any], out: Path, caption: str) -> list[Path]:
     if res["phases"] is not None:
         written.append(out / f"{name}_accuracy_matrix.png")
         _plot_accuracy_matrix(res["phases"], written[-1],
-                              f"{name}: accuracy matrix A[visit, task]\n{caption}")
+                              f"{name}: revisit accuracy matrix A[visit, task]\n{caption}")
+    if res.get("matrix") is not None:
+        written.append(out / f"{name}_standard_matrix.png")
+        _plot_standard_matrix(res["matrix"], written[-1],
+                              f"{name}: standard accuracy matrix R[phase j, task i]\n{caption}")
     steps = res["steps"]
     if steps is not None:
         curves, mem = switch_curves(steps), memory_curves(steps)

@@ -10,8 +10,10 @@ the truncation gap, the first action and the per-step accuracies); finished unit
 under ``<out>/.units/`` so an interrupted study resumes. ``theory.protocol.analyse_records``
 turns the records into verdicts (paired ``Delta_switch``, regret slopes, seed-bootstrap ratios
 to the M1 / M0 bounds, one-sided verdicts, Theorem 2, recovery times), and :func:`write_outputs`
-writes them: a CSV per policy, ``seeds.csv``, ``phases.csv.gz`` (``steps.csv.gz`` too on torch),
-``verdicts.json``, ``summary.md``, ``regret.png`` and ``manifest.json``.
+(:mod:`nsr_gym.studies.regret_report`, re-exported here) writes them: a CSV per policy,
+``seeds.csv``, ``phases.csv.gz`` (``steps.csv.gz`` too on torch), ``verdicts.json``,
+``summary.md``, ``regret.png`` and ``manifest.json``. ``nsr-gym regret --capacity K``
+(Theorem 3) is :mod:`nsr_gym.studies.regret_capacity`.
 
 Use :func:`plan_regret` to check a :class:`RegretConfig` (``ValueError`` says what is wrong),
 then :func:`run_study`; ``nsr-gym fit`` (:mod:`nsr_gym.studies.fit`) reuses both halves.
@@ -19,8 +21,6 @@ then :func:`run_study`; ``nsr-gym fit`` (:mod:`nsr_gym.studies.fit`) reuses both
 
 from __future__ import annotations
 
-import gzip
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +31,20 @@ import pandas as pd
 
 from nsr_gym import metrics
 from nsr_gym.executors import FrameStore, Sweep, Unit, config_hash
+from nsr_gym.studies.regret_report import (
+    plot,
+    steps_from_records,
+    strict_json,
+    summary_markdown,
+    summary_table,
+    write_csv_gz,
+    write_outputs,
+)
+
+__all__ = ["BACKEND_DEFAULTS", "BANK", "DEFAULT_AGENTS", "QUICK", "RegretConfig", "RegretPlan",
+           "Setup", "analyse", "collect", "default_family", "phase_record", "plan_regret",
+           "plot", "regret_unit", "run_regret", "run_study", "steps_from_records", "strict_json",
+           "study_of", "summary_markdown", "summary_table", "write_csv_gz", "write_outputs"]
 
 #: THEORY.md's comparator B; ``bank`` in every output.
 BANK = "bank"
@@ -325,167 +339,6 @@ def analyse(wide: pd.DataFrame, setup: Setup, seeds: list[int], resamples: int =
 
     return analyse_records(wide, study_of(setup, comparator), seeds, resamples, tol, max_width,
                            rho_max)
-
-
-# ------------------------------------------------------------------------------------- outputs
-def summary_table(verdicts: dict[str, Any]) -> pd.DataFrame:
-    """One row per agent: slope, the ratios of both forms of each bound, verdict, recovery."""
-    rows = []
-    for a, p in verdicts["policies"].items():
-        s = p["slope_vs_bank"]
-        row: dict[str, Any] = {"agent": a, "class": p["class"], "slope": s["mean"],
-                               "slope_ci": f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]"}
-        for b in ("M1", "M0"):
-            e = p.get("bounds", {}).get(b)
-            for form, tag in (("complete_forgetting", ""), ("general", "_general")):
-                f = e[form] if e else None
-                row[f"ratio_{b}{tag}"] = f["ratio"] if f else float("nan")
-                row[f"ci_{b}{tag}"] = f"[{f['ci_low']:.3f}, {f['ci_high']:.3f}]" if f else ""
-            exp = e["complete_forgetting"].get("expected_ratio") if e else None
-            row[f"expected_{b}"] = float("nan") if exp is None else exp
-        row["verdict"] = p.get("verdict", "-")
-        row["recovery"] = verdicts["recovery"]["per_agent"][a]["mean"]
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def _band(ax: Any, cycles: np.ndarray, g: Any, **kw: Any) -> Any:
-    """Plot the mean of a per-cycle groupby with a 1.96 standard-error band."""
-    m, sd, k = g.mean().to_numpy(), g.std(ddof=1).fillna(0.0).to_numpy(), g.count().to_numpy()
-    line, = ax.plot(cycles, m, marker="o", **kw)
-    half = 1.96 * sd / np.sqrt(k)
-    ax.fill_between(cycles, m - half, m + half, alpha=0.2, color=line.get_color())
-    return line
-
-
-def plot(path: Path, verdicts: dict[str, Any], per_agent: dict[str, pd.DataFrame],
-         title: str) -> None:
-    """``regret.png``: cumulative regret against the bank with the bounds, and Theorem 2."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    st = verdicts["setting"]
-    M, C, lam = st["M"], st["C"], st["lambda"]
-    delta = verdicts["delta_switch"]["slope_weighted"]["mean"]
-    cycles = np.arange(1, C + 1)
-    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for a, frame in per_agent.items():
-        if a != BANK:
-            _band(ax, cycles, frame.groupby("cycle")["cum_regret_vs_bank"], label=a)
-    ax.plot(cycles, (cycles - 1) * (M - 1) * (delta - lam), "k--",
-            label="M1 bound (M-1)(Δ-λ) per cycle")
-    ax.plot(cycles, (cycles - 1) * M * (delta - lam), "k:", label="M0 bound M(Δ-λ) per cycle")
-    gen = verdicts["delta_switch"]["general"]
-    if gen["h_bar_witness"] != "always-fresh":
-        ax.plot(cycles, (cycles - 1) * (M - 1) * (gen["mean"] - lam), color="grey", ls="-.",
-                label=f"M1 bound, general Δ={gen['mean']:.2f} (h̄ from {gen['h_bar_witness']})")
-    ax.set_xticks(cycles)
-    ax.set(xlabel="cycle", ylabel="cumulative regret vs bank (reward units)",
-           title=f"Theorem 1 ({st['backend']}: M={M}, L={st['L']}, λ={lam}, Δ={delta:.2f})")
-    ax.legend(fontsize=7)
-    bank = per_agent.get(BANK)
-    if bank is not None:
-        _band(ax2, cycles, bank.groupby("cycle")["cum_regret_vs_prescient"], color="C0",
-              label="bank vs prescient (a* every step)")
-        bound = verdicts["theorem2_bank"]["bound_kappa1_fit"]
-        ax2.axhline(bound, color="k", ls="--", label="M Φ(0) / (1 - q^L) (κ = 1, fitted curve)")
-        ax2.set_xticks(cycles)
-        ax2.set(xlabel="cycle", ylabel="cumulative accuracy regret",
-                title="Theorem 2: the bank pays first visits only")
-        ax2.legend(fontsize=7)
-    fig.suptitle(title, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def write_csv_gz(path: Path, frame: pd.DataFrame, float_format: str = "%.10g") -> None:
-    """A gzipped CSV (no timestamp in the header, so equal tables give equal bytes), atomic."""
-    from nsr_gym.atomic import atomic_write_bytes
-
-    text = frame.to_csv(index=False, float_format=float_format)
-    atomic_write_bytes(path, gzip.compress(text.encode(), mtime=0))
-
-
-def steps_from_records(wide: pd.DataFrame) -> pd.DataFrame:
-    """The long per-step accuracy log (``agent, seed, phase, step_in_phase, task_id, visit,
-    accuracy``) from stacked phase records."""
-    from nsr_gym.theory.protocol import curve_columns
-
-    long = wide.melt(id_vars=["agent", "seed", "phase", "task_id", "visit"],
-                     value_vars=curve_columns(wide), var_name="step_in_phase",
-                     value_name="accuracy")
-    long["step_in_phase"] = long["step_in_phase"].str[4:].astype(int) - 1
-    return long.sort_values(["agent", "seed", "phase", "step_in_phase"], ignore_index=True)
-
-
-def summary_markdown(setup: Setup, seeds: list[int], verdicts: dict[str, Any],
-                     provenance: str) -> str:
-    """``summary.md``: the verdict, the setting, the estimates and :func:`summary_table`."""
-    from nsr_gym.results import markdown_table
-
-    d = verdicts["delta_switch"]
-    rho, eps = verdicts["rho"], verdicts["eps"]
-    t2 = verdicts["theorem2_bank"]
-    forgetting = "established" if verdicts["premise_complete_forgetting"] else "NOT established"
-    rho_text = f"{rho['mean']:.3f} [{rho['ci_low']:.3f}, {rho['ci_high']:.3f}]" if rho else "n/a"
-    return (
-        f"# Theorem 1 on the {setup.backend} backend: {verdicts['overall']}\n\n{provenance}\n\n"
-        f"M = {setup.M}, L = {setup.L}, C = {setup.C}, lambda = {setup.lam}, {len(seeds)} seeds; "
-        f"Delta_switch paired {d['paired']['mean']:.3f} [{d['paired']['ci_low']:.3f}, "
-        f"{d['paired']['ci_high']:.3f}], general (h_bar witness {d['general']['h_bar_witness']}) "
-        f"{d['general']['mean']:.3f}, exponential fit {d['exp_fit']['delta']:.3f} "
-        f"(r2 {d['exp_fit']['r2']:.3f}); rho {rho_text} (complete forgetting {forgetting}); "
-        f"eps {eps['mean']:.4f}.\n\n{markdown_table(summary_table(verdicts))}\n\nslope: OLS "
-        f"regret per cycle against the bank (cycles 2..C); ratio_M1 = slope / ((M-1)(Delta-"
-        f"lambda)), ratio_M0 = slope / (M (Delta-lambda)) with the paired Delta (h_bar = 0); "
-        f"*_general with the general Delta (h_bar > 0); 95% seed-bootstrap CIs; expected: the "
-        f"closed form (analytic, noise-free). Theorem 2 (a* = {t2['a_star_source']}): the bank's "
-        f"regret against a* grows by {t2['slope']['mean']:.4f} per cycle "
-        f"[{t2['slope']['ci_low']:.4f}, {t2['slope']['ci_high']:.4f}]. Recovery: "
-        f"{verdicts['recovery']['convention']}.\n")
-
-
-def write_outputs(out: Path, setup: Setup, seeds: list[int], wide: pd.DataFrame,
-                  verdicts: dict[str, Any], per_agent: dict[str, pd.DataFrame],
-                  per_seed: pd.DataFrame, meta: dict[str, Any], steps_log: bool) -> str:
-    """Write every file of a study (see the module docstring); returns ``summary.md``'s text."""
-    from nsr_gym.atomic import atomic_write_text
-    from nsr_gym.results import provenance_line, write_csv, write_json
-    from nsr_gym.theory.protocol import curve_columns
-
-    out.mkdir(parents=True, exist_ok=True)
-    for a, frame in per_agent.items():
-        write_csv(out / f"policy_{a}.csv", frame)
-    write_csv(out / "seeds.csv", per_seed)
-    write_csv_gz(out / "phases.csv.gz", wide.drop(columns=curve_columns(wide)))
-    if steps_log:
-        write_csv_gz(out / "steps.csv.gz", steps_from_records(wide))
-    write_json(out / "verdicts.json", strict_json(verdicts))
-    prov = provenance_line(meta)
-    plot(out / "regret.png", verdicts, per_agent, prov.replace("`", ""))
-    md = summary_markdown(setup, seeds, verdicts, prov)
-    atomic_write_text(out / "summary.md", md)
-    write_json(out / "manifest.json", meta)
-    return md
-
-
-def strict_json(obj: Any) -> Any:
-    """``obj`` made strict JSON: NaN / inf become None, numpy scalars plain numbers."""
-    if isinstance(obj, dict):
-        return {str(k): strict_json(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [strict_json(v) for v in obj]
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if math.isfinite(v) else None
-    if isinstance(obj, np.bool_):
-        return bool(obj)
-    return obj
 
 
 # ------------------------------------------------------------------------------------- the study

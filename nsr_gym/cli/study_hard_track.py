@@ -1,0 +1,41 @@
+"""``nsr-gym study hard-track``: the similarity rule's headroom on the hard track, and learned
+controllers trained on it.
+
+Argument parsing only; the study and its report are :mod:`nsr_gym.studies.hard_track`'s.
+Writes ``results/hard_track/`` (``runs.csv``, ``scores.csv``, ``learned.csv``,
+``learned_summary.csv``, ``training_curves.csv``, ``training_curves.png``, ``hard_track.md``,
+``manifest.json`` and the trained controllers under ``train/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from nsr_gym.cli._common import add_study_parser, parse_ints, study_kwargs
+
+
+def cmd_hard_track(args: argparse.Namespace) -> int:
+    from nsr_gym.studies import hard_track
+
+    kw = study_kwargs(args, "hard_track", seeds=hard_track.SEEDS,
+                      quick_seeds=hard_track.QUICK_SEEDS)
+    t0 = time.perf_counter()
+    print(hard_track.run_study(quick=args.quick, train=not args.no_train,
+                               train_seeds=tuple(args.train_seeds) if args.train_seeds else None,
+                               train_steps=args.train_steps, **kw))
+    print(f"wrote {kw['out']}/ in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    p = add_study_parser(
+        sub, "hard-track", help="headroom of the similarity rule on the hard track, and "
+                                "MaskablePPO trained on it (results/hard_track)",
+        seeds="default 100..109, held out from training", quick="small episodes, short training")
+    p.add_argument("--no-train", action="store_true", help="the headroom only")
+    p.add_argument("--train-seeds", type=parse_ints, default=None,
+                   help="training seeds (default 0,1,2; 0 under --quick)")
+    p.add_argument("--train-steps", type=int, default=None,
+                   help="env steps per training run (default 100000; 1200 under --quick)")
+    p.set_defaults(func=cmd_hard_track)

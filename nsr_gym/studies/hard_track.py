@@ -1,0 +1,209 @@
+"""The hard-track study of ``nsr-gym study hard-track``: how much the similarity rule leaves on
+each hard benchmark, and whether a learned controller takes it.
+
+The hard track (:data:`nsr_gym.envs.HARD_TRACK`) holds benchmarks where memory binds: the LRU
+trap (a strict cycle through fewer slots than tasks), skewed recurrence (Zipf by stack distance,
+many tasks, few slots) and ambiguous recall (alike tasks, noisy probes). Two parts, every unit
+kept under ``<out>/.units`` so the study resumes:
+
+* **Headroom.** On each id and backend, every agent of :data:`RULES` on the same seeds (paired):
+  the memoryless ``keep-current`` and ``always-fresh``; ``similarity`` with the env's default
+  retention (``retention="env"``: the bank evicts by its default ``eviction="lru"``); the
+  retention rules ``pin``, ``lfu-retain``, ``lru-retain`` (under ``retention="agent"``) and
+  the ``clairvoyant`` (on the id as registered: ``retention="agent"`` where the bank is smaller
+  than the task set; with a slot per task, retention has nothing to decide). The clairvoyant
+  plans on the analytic model: exactly on the analytic backend where its program finishes, by
+  its Belady heuristic above ``max_states`` (a lower bound of the optimum, so scores against it
+  overstate the rule), and on the torch backend on ``AnalyticConfig()``'s model (an
+  approximation). The normalized score is
+  :func:`nsr_gym.stats.normalized_scores` with the clairvoyant as the 1.
+* **Learned controllers.** ``MaskablePPO`` (:func:`nsr_gym.agents.train`) trained on the
+  analytic backend of each id as registered, :data:`TRAIN_STEPS` steps per training seed,
+  then evaluated on the study's seeds (100 onwards: a training run resets its envs from seeds
+  ``seed + rank`` and ``seed + 10_000`` only) on both backends: the torch rows are the
+  transfer of the analytic-trained policy to the real learner.
+
+:mod:`nsr_gym.studies.hard_track_report` turns the runs into ``hard_track.md`` and the plot.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from nsr_gym.executors import Sweep, Unit
+
+#: Rule agents and the ``retention`` mode each runs under (see the module docstring); None:
+#: the id's own (the clairvoyant plans on the benchmark as registered).
+RULES: dict[str, str | None] = {
+    "keep-current": "env", "always-fresh": "env", "similarity": "env",
+    "pin": "agent", "lfu-retain": "agent", "lru-retain": "agent", "clairvoyant": None,
+}
+#: Memory class of every agent, for :func:`nsr_gym.stats.normalized_scores`.
+CLASSES = {"keep-current": "M0", "always-fresh": "M0", "clairvoyant": "oracle"}
+RETENTION_RULES = ("pin", "lfu-retain", "lru-retain")
+#: Algorithm of the learned controllers, and its name in the tables.
+ALGO = "maskable-ppo"
+BACKENDS = ("analytic", "torch")
+SEEDS = list(range(100, 110))
+QUICK_SEEDS = [100, 101]
+TRAIN_SEEDS = (0, 1, 2)
+TRAIN_STEPS = 100_000
+#: ``quick=True``: small episodes, short training (a smoke test).
+QUICK_ENV = {"phase_length": 4, "n_cycles": 2}
+#: ``quick=True``: per benchmark, on top of :data:`QUICK_ENV`.
+QUICK_OVERRIDES = {"SkewedRecurrencePermutedDigits": {"n_tasks": 8}}
+QUICK_TRAIN_STEPS = 1_200
+
+
+def hard_ids() -> list[str]:
+    """The registered ids of the hard track, in :data:`~nsr_gym.envs.HARD_TRACK` order."""
+    from nsr_gym.envs import HARD_TRACK, env_id
+
+    return [env_id(name) for name in HARD_TRACK]
+
+
+def _quick_kwargs(eid: str, quick: bool) -> dict[str, Any]:
+    name = eid.split("/")[-1].removesuffix("-v0")
+    return {**QUICK_ENV, **QUICK_OVERRIDES.get(name, {})} if quick else {}
+
+
+def _env_kwargs(eid: str, backend: str, retention: str | None, quick: bool
+                ) -> dict[str, Any]:
+    kw: dict[str, Any] = {"backend": backend, **_quick_kwargs(eid, quick)}
+    if retention is not None:
+        kw["retention"] = retention
+    return kw
+
+
+def episode_unit(unit: Unit) -> dict[str, Any]:
+    """One episode of ``unit.agent`` (a rule, the clairvoyant or ``maskable-ppo:PATH``) on
+    ``setting["env_id"]`` with ``setting["env_kwargs"]``; returns one row of metrics."""
+    import gymnasium as gym
+
+    import nsr_gym  # noqa: F401 - registers the envs in a fresh worker
+    from nsr_gym.agents import make_agent, rollout
+    from nsr_gym.studies.threads import torch_threads
+
+    s = unit.setting
+    with torch_threads(1):
+        t0 = time.perf_counter()
+        env = gym.make(s["env_id"], **s["env_kwargs"])
+        policy = make_agent(s.get("spec", unit.agent))
+        try:
+            log = rollout(env, policy, unit.seed, agent_name=unit.agent)
+        finally:
+            env.close()
+        wall = time.perf_counter() - t0
+    plan = getattr(policy, "plan", None)
+    return {**dict(s.get("tags", {})), "agent": unit.agent, "seed": unit.seed,
+            "episode_return": float(log["reward"].sum()), "acc_mean": float(log["accuracy"].mean()),
+            "switches": int(log["switched"].sum()),
+            "plan_exact": None if plan is None else bool(plan.exact),
+            "plan_method": None if plan is None else plan.method, "wall_s": round(wall, 2)}
+
+
+def headroom_units(ids: list[str], seeds: list[int], quick: bool) -> list[Unit]:
+    """Every rule on every id, backend and seed (the rules' ``retention`` per :data:`RULES`)."""
+    import gymnasium as gym
+
+    own = {eid: gym.spec(eid).kwargs.get("retention", "env") for eid in ids}
+    return [Unit(agent, seed, {"env_id": eid,
+                               "env_kwargs": _env_kwargs(eid, b, ret or own[eid], quick),
+                               "tags": {"env_id": eid, "backend": b}})
+            for eid in ids for b in BACKENDS for agent, ret in RULES.items() for seed in seeds]
+
+
+def train_unit(unit: Unit) -> dict[str, Any]:
+    """Train one controller (``setting``: env id, steps, output folder); returns its run folder,
+    wall time and training curve (``monitor`` episodes: ``rank``, ``end_step``, ``return``)."""
+    import nsr_gym  # noqa: F401
+    from nsr_gym.agents.train import TrainConfig, train
+
+    s = unit.setting
+    out = Path(s["out"])
+    cfg = TrainConfig(algo=ALGO, env_id=s["env_id"], backend="analytic", seed=unit.seed,
+                      total_timesteps=int(s["steps"]), out=str(out), env_kwargs=s["env_kwargs"],
+                      n_evals=0)
+    result = train(cfg, command=s.get("command"))
+    n_envs = cfg.n_envs
+    curve = []
+    for path in sorted((out / "monitor").glob("rank*.monitor.csv")):
+        episodes = pd.read_csv(path, skiprows=1)
+        ends = np.cumsum(episodes["l"].to_numpy()) * n_envs  # the envs step in lockstep
+        curve += [{"rank": int(path.name[4:].split(".")[0]), "end_step": int(e), "return": float(r)}
+                  for e, r in zip(ends, episodes["r"], strict=True)]
+    return {"env_id": s["env_id"], "train_seed": unit.seed, "run": str(out),
+            "wall_s": round(result.wall_time_s, 1), "curve": curve}
+
+
+def _run_folder(out: Path, eid: str, seed: int) -> Path:
+    return out / "train" / eid.split("/")[-1].removesuffix("-v0") / f"seed{seed}"
+
+
+def learned_units(runs: list[dict[str, Any]], seeds: list[int], quick: bool) -> list[Unit]:
+    """Every trained controller on its id (as registered), both backends, every seed."""
+    return [Unit(f"{ALGO}[{r['train_seed']}]", seed, {
+        "env_id": r["env_id"], "env_kwargs": _env_kwargs(r["env_id"], b, None, quick),
+        "spec": f"{ALGO}:{r['run']}",
+        "tags": {"env_id": r["env_id"], "backend": b, "train_seed": r["train_seed"]}})
+        for r in runs for b in BACKENDS for seed in seeds]
+
+
+def run_study(seeds: list[int], out: Path, *, quick: bool = False, train: bool = True,
+              train_seeds: tuple[int, ...] | None = None, train_steps: int | None = None,
+              executor: str = "local", ray_address: str | None = None, resume: bool = True,
+              progress: bool = True) -> str:
+    """Measure the headroom, train and evaluate the controllers, and write the study's files.
+
+    Args:
+        seeds: Evaluation seeds, the same for every agent (paired comparisons); keep them
+            outside ``train_seeds + rank`` and ``train_seeds + 10_000`` (held out).
+        out: Output directory (created): ``runs.csv``, ``scores.csv``, ``learned.csv``,
+            ``training_curves.csv``, ``training_curves.png``, ``hard_track.md``,
+            ``manifest.json``, and ``train/<benchmark>/seed<k>/`` (the controllers).
+        quick: Small episodes (:data:`QUICK_ENV`) and :data:`QUICK_TRAIN_STEPS` (a smoke test).
+        train: Train and evaluate the learned controllers (off: the headroom only).
+        train_seeds: Training seeds (default :data:`TRAIN_SEEDS`, one under ``quick``).
+        train_steps: Steps per training run (default :data:`TRAIN_STEPS`).
+        executor: ``"local"`` or ``"ray"``; ``ray_address`` the cluster to join.
+        resume: Reuse the finished units kept under ``out/.units``.
+        progress: Show progress bars.
+
+    Returns:
+        The markdown report (also written to ``out/hard_track.md``).
+    """
+    from nsr_gym.results import command_line, manifest
+    from nsr_gym.studies import hard_track_report as report
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    ids = hard_ids()
+    sweep = Sweep(executor, ray_address, resume, progress)
+    rows, resumed = sweep.run(episode_unit, headroom_units(ids, seeds, quick), out / ".units",
+                              desc="hard-track rules")
+    counts = {"rules": {"computed": len(rows) - resumed, "resumed": resumed}}
+    trained: list[dict[str, Any]] = []
+    learned: list[dict[str, Any]] = []
+    if train:
+        steps = train_steps or (QUICK_TRAIN_STEPS if quick else TRAIN_STEPS)
+        tseeds = train_seeds or ((0,) if quick else TRAIN_SEEDS)
+        tunits = [Unit(ALGO, ts, {"env_id": eid, "steps": steps,
+                                  "env_kwargs": _quick_kwargs(eid, quick),
+                                  "out": str(_run_folder(out, eid, ts))})
+                  for eid in ids for ts in tseeds]
+        trained, resumed = sweep.run(train_unit, tunits, out / ".units", desc="hard-track train")
+        counts["train"] = {"computed": len(trained) - resumed, "resumed": resumed,
+                           "steps": steps, "seeds": list(tseeds)}
+        learned, resumed = sweep.run(episode_unit, learned_units(trained, seeds, quick),
+                                     out / ".units", desc="hard-track learned")
+        counts["learned"] = {"computed": len(learned) - resumed, "resumed": resumed}
+    meta = manifest(command_line(), seeds, time.perf_counter() - t0, env_ids=ids,
+                    backends=list(BACKENDS), rules=RULES, quick=quick, executor=executor,
+                    units=counts)
+    return report.write_report(out, pd.DataFrame(rows), pd.DataFrame(learned), trained, meta)
