@@ -241,13 +241,7 @@ def test_env_values_booleans_and_upper_bounds(capsys):
         gym.make("nsr_gym/CyclicSplitDigits-v0", backend="analytic", capacity=10**9)
 
 
-_PENDING = pytest.mark.xfail(
-    strict=True, reason="needs AllocationEnv.__init__ to pass learner=learner to "
-                        "validation.env_config_problems (a file this change does not own)")
-
-
 @pytest.mark.slow
-@_PENDING
 def test_learner_lr_1e38_is_rejected_at_construction():
     import gymnasium as gym
 
@@ -255,7 +249,6 @@ def test_learner_lr_1e38_is_rejected_at_construction():
         gym.make("nsr_gym/CyclicSplitDigits-v0", learner={"lr": 1e38})
 
 
-@_PENDING
 def test_learner_5_is_a_clear_error():
     import gymnasium as gym
 
@@ -435,20 +428,10 @@ def test_pretrained_rank_and_targets_are_checked_before_peft():
 
 # ----------------------------------------------------------------------------- the fuzz families
 
-#: Cases of the env family that wait on the AllocationEnv change named in _PENDING.
-PENDING_CASES = ("learner=5", "learner={'lr': 1e38} (torch)", "learner={'key_dim': 10**9}")
-
-
-def _without_pending(family):
-    def cases(work, rng, n):
-        return (c for c in family(work, rng, n) if c.name not in PENDING_CASES)
-    return cases
-
-
 @pytest.mark.parametrize("family", ["json", "cifar100", "mnist", "svhn", "units", "sb3",
                                     "adapter", "env", "cli", "pretrained"])
 def test_fuzz_families_give_no_failure(family):
-    report = fuzz.run_families({family: _without_pending(fuzz.FAMILIES[family])}, cases=3,
+    report = fuzz.run_families({family: fuzz.FAMILIES[family]}, cases=3,
                                seed=1, progress=False)
     failed = [(o.case, o.detail) for o in report.outcomes if o.kind == "FAIL"]
     assert report.outcomes and failed == []

@@ -288,7 +288,7 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
             schedule=schedule, eviction=eviction, backend=backend, reserve=reserve,
             reserve_modes=RESERVE_MODES, render_mode=render_mode,
             render_modes=self.metadata["render_modes"], retention=retention,
-            retention_modes=RETENTION_MODES)
+            retention_modes=RETENTION_MODES, learner=learner)
         if problems:
             raise ValueError("invalid AllocationEnv configuration: " + "; ".join(problems))
         self.n_tasks = int(n_tasks)

@@ -25,7 +25,7 @@ Three studies, each returning a tidy ``pandas.DataFrame``:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -119,36 +119,29 @@ def compression_sweep(
     )
     rows = []
     try:
-        for seed in seeds:
-            model.reset(np.random.default_rng(seed))
-            for task in range(n_tasks):
-                model.fresh()
-                model.train(task, updates)
-                full = model.evaluate(task)
-                exact, _ = model.snapshot(task)
-                key = model.embed(task)
-                for kind, value, rank, energy in settings:
-                    payload, kept = recompress(exact, rank, energy)
-                    entry = _entry(key, payload, task)
-                    model.load(payload)
-                    adapter = sum(
-                        t.numel() * t.element_size()
-                        for n, t in payload.items()
-                        if n.startswith("layer")
-                    )
-                    rows.append(
-                        {
-                            "seed": seed,
-                            "task": task,
-                            "kind": kind,
-                            "value": value,
-                            "mean_rank": float(np.mean(kept)),
-                            "bytes": entry.nbytes,
-                            "adapter_bytes": adapter,
-                            "accuracy": model.evaluate(task),
-                            "accuracy_full": full,
-                        }
-                    )
+        for seed, task, full, exact, key in _trained_subspaces(model, seeds, n_tasks, updates):
+            for kind, value, rank, energy in settings:
+                payload, kept = recompress(exact, rank, energy)
+                entry = _entry(key, payload, task)
+                model.load(payload)
+                adapter = sum(
+                    t.numel() * t.element_size()
+                    for n, t in payload.items()
+                    if n.startswith("layer")
+                )
+                rows.append(
+                    {
+                        "seed": seed,
+                        "task": task,
+                        "kind": kind,
+                        "value": value,
+                        "mean_rank": float(np.mean(kept)),
+                        "bytes": entry.nbytes,
+                        "adapter_bytes": adapter,
+                        "accuracy": model.evaluate(task),
+                        "accuracy_full": full,
+                    }
+                )
     finally:
         model.close()
     return pd.DataFrame(rows)
@@ -352,24 +345,35 @@ def precision_sweep(tasks: str = "five_domains", n_tasks: int = 5, seeds: Iterab
                                     "compression_energy": None, "measure_truncation": False})
         model = TorchLearner(make_tasks(tasks, n_tasks), cfg)
         try:
-            for seed in seeds:
-                model.reset(np.random.default_rng(seed))
-                for task in range(n_tasks):
-                    model.fresh()
-                    model.train(task, updates)
-                    full = model.evaluate(task)
-                    exact, _ = model.snapshot(task)
-                    key = model.embed(task)
-                    for energy in energies:
-                        payload, kept = recompress(exact, None, energy)
-                        base = {"lora_rank": r, "seed": seed, "task": task, "energy": energy,
-                                "mean_rank": float(np.mean(kept)), "accuracy_full": full}
-                        rows += _precision_rows(model, task, key, payload, half_payload(payload),
-                                                tolerance, base)
+            for seed, task, full, exact, key in _trained_subspaces(model, seeds, n_tasks,
+                                                                   updates):
+                for energy in energies:
+                    payload, kept = recompress(exact, None, energy)
+                    base = {"lora_rank": r, "seed": seed, "task": task, "energy": energy,
+                            "mean_rank": float(np.mean(kept)), "accuracy_full": full}
+                    rows += _precision_rows(model, task, key, payload, half_payload(payload),
+                                            tolerance, base)
         finally:
             model.close()
     return pd.DataFrame(rows)
 
+
+
+def _trained_subspaces(model: Any, seeds: Iterable[int], n_tasks: int, updates: int
+                       ) -> Iterator[tuple[int, int, float, dict[str, torch.Tensor], np.ndarray]]:
+    """For each seed and task: a fresh subspace trained ``updates`` Adam updates on the task.
+
+    Yields ``(seed, task, accuracy, exact payload, key)``; the caller may load and evaluate other
+    payloads on ``model`` before asking for the next one (each starts from ``fresh()``).
+    """
+    for seed in seeds:
+        model.reset(np.random.default_rng(seed))
+        for task in range(n_tasks):
+            model.fresh()
+            model.train(task, updates)
+            full = model.evaluate(task)
+            exact, _ = model.snapshot(task)
+            yield seed, task, full, exact, model.embed(task)
 
 def _precision_rows(model: Any, task: int, key: np.ndarray, payload: dict[str, torch.Tensor],
                     half: dict[str, torch.Tensor] | None, tolerance: float,
