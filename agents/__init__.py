@@ -22,8 +22,16 @@ from nsr_gym.agents.policies import (
     SimilarityRule,
     make_policy,
 )
-from nsr_gym.agents.retention import RETENTION_AGENTS, LFURetention, LRURetention, PinRule
+from nsr_gym.agents.retention import (
+    REFERENCE_RETENTION_AGENTS,
+    RETENTION_AGENTS,
+    BeladyRetention,
+    LFURetention,
+    LRURetention,
+    PinRule,
+)
 from nsr_gym.agents.sb3_policy import SB3Policy, load_sb3_policy
+from nsr_gym.agents.sb3_vec import SB3VecEnv
 from nsr_gym.agents.specs import make_agent
 from nsr_gym.agents.train import TrainConfig, train
 
@@ -32,5 +40,6 @@ __all__ = [
     "FixedSlot", "KeepCurrent", "Oracle", "Plan", "PlanningProblem", "Policy", "RandomSlot",
     "RoundRobin", "SB3Policy", "SimilarityRule", "TrainConfig", "evaluate", "load_sb3_policy",
     "make_agent", "make_policy", "rollout", "train",
-    "RETENTION_AGENTS", "LFURetention", "LRURetention", "PinRule",
+    "REFERENCE_RETENTION_AGENTS", "RETENTION_AGENTS", "BeladyRetention", "LFURetention",
+    "LRURetention", "PinRule", "SB3VecEnv",
 ]

@@ -235,7 +235,11 @@ class RoundRobin(Policy):
 
 
 class Oracle(Policy):
-    """Knows the true next task (from ``info``): loads its entry at each revisit.
+    """Knows the true next task: loads its entry at each revisit.
+
+    A reference agent: it reads privileged information, from the env it is bound to
+    (``bind(env)``, which :func:`nsr_gym.agents.rollout` calls: ``env.unwrapped.oracle_info()``)
+    or, unbound, from an info made with ``privileged_info=True``.
 
     Args:
         first_visit: Action at a task's first visit: ``"fresh"`` (the default: on the torch
@@ -250,6 +254,11 @@ class Oracle(Policy):
             raise ValueError("first_visit must be 'keep' or 'fresh'")
         self.first_visit = first_visit
         self._info: dict[str, Any] = {}
+        self._env: Any = None
+
+    def bind(self, env: Any) -> None:
+        """Read the ground truth from ``env`` (wrapped or not) at every decision."""
+        self._env = env.unwrapped
 
     def observe(self, info: dict[str, Any]) -> None:
         self._info = info
@@ -258,7 +267,14 @@ class Oracle(Policy):
         info = self._info
         if not info.get("next_is_phase_start", 0):
             return KEEP
-        slot = int(info.get("next_task_slot", -1))
+        if self._env is not None:
+            slot = int(self._env.oracle_info()["next_task_slot"])
+        elif "next_task_slot" in info:
+            slot = int(info["next_task_slot"])
+        else:
+            raise ValueError("the oracle reads privileged information: bind it to the env "
+                             "(oracle.bind(env), as nsr_gym.agents.rollout does) or make the "
+                             "env with privileged_info=True")
         if slot < 0:
             return FRESH if self.first_visit == "fresh" else KEEP
         return KEEP if _active_slot(obs) == slot else LOAD_OFFSET + slot

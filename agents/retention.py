@@ -19,6 +19,18 @@ exactly (``tests/test_retention.py``):
 * :class:`LRURetention` (``"lru-retain"``): in place, else the lowest empty slot, else over the
   least recently used entry (``age``): ``eviction="lru"``.
 
+And one *reference* rule, privileged as the clairvoyant is (it reads the future; ``make_agent``
+builds it from :data:`REFERENCE_RETENTION_AGENTS`, apart from the rules an agent could learn):
+
+* :class:`BeladyRetention` (``"belady-retain"``): Belady's MIN with bypass. It reads the task
+  schedule (``env.unwrapped.task_schedule()``) in its :meth:`~BeladyRetention.bind` hook, which
+  :func:`~nsr_gym.agents.rollout` calls after each ``reset``; a pending entry goes over its own
+  task's entry (in place), else into the lowest empty slot, else the one of the ``K + 1``
+  candidates (the stored entries and the pending one) whose task is next needed last is dropped,
+  the pending entry on ties (a bypass). Its hits are
+  :func:`nsr_gym.theory.capacity.belady_bypass_hits`' on the schedule, the most any agent gets
+  (Theorem 3's general-recurrence bound); on a strict cycle it *is* pinning.
+
 The rules know a task only by its keys: a pending entry's own slot is the occupied slot whose key
 is most like its own, when that cosine reaches ``same_task`` (:data:`SAME_TASK_THRESHOLD`, 0.8;
 the semantics of :data:`~nsr_gym.bank.SIMILARITY_THRESHOLD`, a higher level). Recall's 0.5 asks
@@ -38,14 +50,16 @@ from __future__ import annotations
 
 from typing import Any
 
+import gymnasium as gym
 import numpy as np
 
 from nsr_gym.agents.policies import Obs, Policy, SimilarityRule
 from nsr_gym.bank import SIMILARITY_THRESHOLD
 from nsr_gym.envs import DROP, WRITE_OFFSET
 
-__all__ = ["RETENTION_AGENTS", "SAME_TASK_THRESHOLD", "LFURetention", "LRURetention", "PinRule",
-           "RetentionRule", "after_write", "own_slot"]
+__all__ = ["REFERENCE_RETENTION_AGENTS", "RETENTION_AGENTS", "SAME_TASK_THRESHOLD",
+           "BeladyRetention", "LFURetention", "LRURetention", "PinRule", "RetentionRule",
+           "after_write", "own_slot"]
 
 #: Cosine between a pending entry's key and a slot's key from which the rules take the slot for
 #: the pending task's own (see the module docstring for the measured cosines).
@@ -189,4 +203,101 @@ RETENTION_AGENTS: dict[str, type[RetentionRule]] = {
     "pin": PinRule,
     "lfu-retain": LFURetention,
     "lru-retain": LRURetention,
+}
+
+
+class BeladyRetention(RetentionRule):
+    """Belady's MIN with bypass as the retention decision: a privileged reference rule.
+
+    Call :meth:`bind` after every ``reset`` (:func:`~nsr_gym.agents.rollout` does): it reads the
+    episode's schedule, ``(n_phases,)`` task ids, from ``env.unwrapped.task_schedule()``. The
+    rule then knows each entry's owner from its own writes (under ``retention="agent"`` only the
+    agent writes, into a bank that ``reset`` empties) and the phase from the pending entries it
+    has decided (one per phase end: the ``p``-th is the entry of phase ``p - 1``, decided at the
+    first step of phase ``p``). A pending entry goes
+
+    1. over its own task's entry when one is stored (in place, as every rule here);
+    2. else into the lowest empty slot;
+    3. else over the stored entry whose task is next needed last (from phase ``p`` on, ``inf``
+       for never), unless the pending entry's task comes back later still or as late: then it
+       is dropped (the bypass; ties between stored entries: the lower slot).
+
+    This is :func:`nsr_gym.theory.capacity.belady_bypass_hits`' cache schedule (the new item
+    dropped first on ties), so with an allocation that loads a task's entry whenever the bank
+    holds it, the phases that hit are exactly the ones it marks: the most hits any policy gets.
+    The allocation is the similarity rule's, as for every :class:`RetentionRule`.
+
+    Args:
+        threshold: The allocation's novelty threshold (:class:`SimilarityRule`'s).
+        same_task: Unused by the retention decision (owners are known); kept for the common
+            signature of the rules.
+    """
+
+    name, memory_class = "belady-retain", "clairvoyant"
+
+    def __init__(self, threshold: float = SIMILARITY_THRESHOLD,
+                 same_task: float = SAME_TASK_THRESHOLD) -> None:
+        super().__init__(threshold, same_task)
+        self._schedule: np.ndarray | None = None
+        self._owner: dict[int, int] = {}  # slot -> task of the entry the rule wrote there
+        self._phase = 0  # the current phase, counted by the pending entries decided
+
+    def reset(self, seed: int | None = None) -> None:
+        super().reset(seed)
+        self._owner, self._phase = {}, 0
+
+    def bind(self, env: gym.Env) -> None:
+        """Read the schedule of the episode ``env`` was just reset to (privileged information)."""
+        u = env.unwrapped
+        if not hasattr(u, "task_schedule"):
+            raise ValueError("belady-retain needs env.unwrapped.task_schedule() (an nsr-gym "
+                             "AllocationEnv)")
+        self._schedule = np.asarray(u.task_schedule(), dtype=np.int64).copy()
+        self._owner, self._phase = {}, 0
+
+    def _bound(self) -> np.ndarray:
+        if self._schedule is None:
+            raise RuntimeError("BeladyRetention.bind(env) must be called after env.reset() "
+                               "(rollout does it)")
+        return self._schedule
+
+    def next_use(self, task: int, phase: int) -> float:
+        """The first phase ``>= phase`` that trains ``task`` (``inf``: none)."""
+        later = np.flatnonzero(self._bound()[phase:] == task)
+        return float(phase + later[0]) if len(later) else float("inf")
+
+    def retain(self, obs: Obs) -> int:
+        schedule = self._bound()
+        occupied = set(np.flatnonzero(obs["occupied"] > 0).tolist())
+        if occupied != set(self._owner):
+            raise RuntimeError(f"the bank's occupied slots {sorted(occupied)} are not the ones "
+                               f"belady-retain wrote {sorted(self._owner)}: it must decide every "
+                               "write of the episode (bind after reset, one predict per step)")
+        self._phase += 1
+        if self._phase >= len(schedule):
+            raise RuntimeError("more pending entries than phase ends in the bound schedule; "
+                               "bind after every reset")
+        task = int(schedule[self._phase - 1])  # the pending entry's owner
+        slot = self._choose(task, len(obs["occupied"]))
+        if slot is None:
+            return DROP
+        self._owner[slot] = task
+        return WRITE_OFFSET + slot
+
+    def _choose(self, task: int, K: int) -> int | None:
+        """The slot (of ``K``) the pending entry of ``task`` goes to; None: drop it."""
+        own = [k for k, t in sorted(self._owner.items()) if t == task]
+        if own:
+            return own[0]
+        empty = [k for k in range(K) if k not in self._owner]
+        if empty:
+            return empty[0]
+        stored = [self.next_use(self._owner[k], self._phase) for k in range(K)]
+        victim = int(np.argmax(stored))  # the lower slot on ties
+        return None if self.next_use(task, self._phase) >= stored[victim] else victim
+
+
+#: Privileged reference rules by name (``make_agent`` knows them; they need ``bind(env)``).
+REFERENCE_RETENTION_AGENTS: dict[str, type[RetentionRule]] = {
+    "belady-retain": BeladyRetention,
 }

@@ -2,9 +2,11 @@
 
 A spec is a rule agent's name (``similarity``, ``oracle``, ... see ``RULE_AGENTS``), a retention
 rule's (``pin``, ``lfu-retain``, ``lru-retain``: ``RETENTION_AGENTS``, for ``retention="agent"``
-envs) or a trained controller ``ALGO:PATH`` with ``ALGO`` in ``ppo``, ``maskable-ppo`` and
-``PATH`` a run directory or model zip written by ``nsr-gym train``; ``NAME=ALGO:PATH`` names it
-in tables.
+envs), a privileged reference's (``clairvoyant``; ``belady-retain``:
+``REFERENCE_RETENTION_AGENTS``; both read the future schedule in ``bind(env)``, memory class
+``"clairvoyant"``) or a trained controller ``ALGO:PATH`` with ``ALGO`` in ``ppo``,
+``maskable-ppo`` and ``PATH`` a run directory or model zip written by ``nsr-gym train``;
+``NAME=ALGO:PATH`` names it in tables.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 from nsr_gym.agents.clairvoyant import Clairvoyant
 from nsr_gym.agents.policies import RULE_AGENTS, Policy, make_policy
-from nsr_gym.agents.retention import RETENTION_AGENTS
+from nsr_gym.agents.retention import REFERENCE_RETENTION_AGENTS, RETENTION_AGENTS
 from nsr_gym.agents.sb3_policy import SB3_ALGOS, load_sb3_policy
 
 
@@ -21,8 +23,8 @@ def make_agent(spec: str, **kwargs: Any) -> Policy:
     """Build the policy a spec names: the project's one agent factory.
 
     Args:
-        spec: A rule agent's or retention rule's name, ``"clairvoyant"``, or
-            ``[NAME=]ALGO:PATH`` for a trained controller.
+        spec: A rule agent's or retention rule's name, a reference's (``"clairvoyant"``,
+            ``"belady-retain"``), or ``[NAME=]ALGO:PATH`` for a trained controller.
         **kwargs: Constructor arguments of a rule agent (``make_agent("oracle",
             first_visit="keep")``, ``make_agent("pin", threshold=0.6)``); a trained controller
             takes none.
@@ -38,13 +40,15 @@ def make_agent(spec: str, **kwargs: Any) -> Policy:
         return RETENTION_AGENTS[spec](**kwargs)
     if spec == Clairvoyant.name:  # a reference agent: it plans in bind(env), before any predict
         return Clairvoyant(**kwargs)
+    if spec in REFERENCE_RETENTION_AGENTS:  # privileged too: it reads the schedule in bind(env)
+        return REFERENCE_RETENTION_AGENTS[spec](**kwargs)
     name, _, rest = spec.partition("=") if "=" in spec.split(":", 1)[0] else ("", "", spec)
     algo, sep, path = rest.partition(":")
     if not sep or algo not in SB3_ALGOS or not path:
         raise ValueError(
             f"unknown agent {spec!r}; choose from {sorted(RULE_AGENTS)}, a retention rule "
-            f"(retention='agent' envs) from {sorted(RETENTION_AGENTS)}, the reference "
-            f"{Clairvoyant.name!r}, or a trained "
+            f"(retention='agent' envs) from {sorted(RETENTION_AGENTS)}, a privileged reference "
+            f"from {[Clairvoyant.name, *REFERENCE_RETENTION_AGENTS]}, or a trained "
             f"controller ALGO:PATH with ALGO in {SB3_ALGOS} (e.g. maskable-ppo:results/train/run)"
         )
     if kwargs:

@@ -8,22 +8,35 @@ learn, save. The command line is ``nsr-gym train``; from Python::
     from nsr_gym.agents.train import TrainConfig, train
     result = train(TrainConfig(algo="maskable-ppo", total_timesteps=20_000, out="results/train/x"))
 
-Both algorithms see the env's ``Dict`` observation through ``FlattenObservation`` (an
-``MlpPolicy`` on one float32 vector); ``MaskablePPO`` also reads ``action_masks()``, which the env
-defines itself, so it reaches through ``Monitor``/``FlattenObservation`` and into
-``SubprocVecEnv`` workers by ``get_wrapper_attr``. An env made with ``retention="agent"`` (pass
-``env_kwargs={"capacity": 3, "retention": "agent"}``, ``--env-kwargs`` on the command line) has a
-``MultiDiscrete([K + 2, K + 1])`` action (allocation, retention), which both algorithms take as it
-is; its mask is the two parts' masks concatenated (sb3-contrib's convention), and
-``config.json`` records the action's ``action_nvec``. Hyperparameters come from
-``agents/hyperparams/<algo>.yml`` (rl-zoo's convention: a ``default`` entry plus per-env-id
-overrides).
+Training envs (``vec_env``): ``"batched"``, the default, is ``gym.make_vec(id, n_envs)``'s
+registered vector entry point (the batched env: ``n_envs`` learners stepped in one pass) in
+:class:`~nsr_gym.agents.sb3_vec.SB3VecEnv` and its ``RankMonitor`` (SB3's ``VecMonitor``, one
+``Monitor`` CSV per env), built with Gymnasium's ``SAME_STEP`` autoreset (an id without a vector
+entry point, such as a paper-scale one, gets a ``SyncVectorEnv`` there instead); ``"dummy"`` and
+``"subproc"`` are SB3's ``DummyVecEnv`` / ``SubprocVecEnv`` of
+``Monitor(FlattenObservation(gym.make(id)))`` copies. All three give the same observations,
+rewards and infos for the same seeds (on the analytic backend, the same trained weights:
+``tests/test_train.py``).
+
+Both algorithms see the env's ``Dict`` observation flattened as ``FlattenObservation`` does (an
+``MlpPolicy`` on one float32 vector); ``MaskablePPO`` also reads ``action_masks()``, the env's
+own method: ``SB3VecEnv`` answers ``env_method("action_masks")`` from the batched env's
+``(N, mask_len)`` masks, and ``DummyVecEnv`` / ``SubprocVecEnv`` reach it through
+``Monitor``/``FlattenObservation`` by ``get_wrapper_attr``. An env made with
+``retention="agent"`` (pass ``env_kwargs={"capacity": 3, "retention": "agent"}``,
+``--env-kwargs`` on the command line) has a ``MultiDiscrete([K + 2, K + 1])`` action
+(allocation, retention), which both algorithms take as it is; its mask is the two parts' masks
+concatenated (sb3-contrib's convention), and ``config.json`` records the action's
+``action_nvec``. Hyperparameters come from ``agents/hyperparams/<algo>.yml``, in rl-zoo3's format
+(:func:`load_hyperparams`), so that ``python -m rl_zoo3.train --algo ppo --env <id>
+--gym-packages nsr_gym -conf agents/hyperparams/ppo.yml`` trains with the same values.
 
 Written to ``out``: ``model.zip`` (SB3's format, for ``PPO.load`` and further training),
 ``policy.safetensors`` (the policy weights, loaded without pickle by
 :mod:`nsr_gym.agents.sb3_policy`), ``config.json`` (the exact resolved configuration, the
-observation layout, provenance and sha256 checksums), ``monitor/`` (``Monitor`` CSVs per training
-env) and ``eval/evaluations.npz`` (``EvalCallback``), plus ``best_model.zip`` (the best evaluation
+observation layout, provenance and sha256 checksums), ``monitor/`` (``Monitor`` CSVs,
+``rank<i>.monitor.csv`` per training env) and
+``eval/evaluations.npz`` (``EvalCallback``), plus ``best_model.zip`` (the best evaluation
 return) and its weights ``best_policy.safetensors``. The model zip, the weights and
 ``config.json`` are written atomically (:mod:`nsr_gym.atomic`). The safetensors files are written
 from the policy in memory (the best one as ``EvalCallback`` saves it); nothing is read back out
@@ -47,10 +60,17 @@ import numpy as np
 from nsr_gym.atomic import atomic_path, sha256_file
 
 ALGOS = ("ppo", "maskable-ppo")
-VEC_ENVS = ("dummy", "subproc")
+VEC_ENVS = ("batched", "dummy", "subproc")
 #: Format version of ``config.json``.
 CONFIG_FORMAT = 1
+#: ``activation_fn`` names (as ``config.json`` records them) -> ``torch.nn`` classes.
 _ACTIVATIONS = {"tanh": "Tanh", "relu": "ReLU", "elu": "ELU", "leaky_relu": "LeakyReLU"}
+#: rl-zoo3's keys of a hyperparameter entry that are not algorithm arguments, and the values
+#: :func:`train` runs with (``None``: TrainConfig's setting applies, ``n_timesteps`` is
+#: ``total_timesteps`` and ``n_envs`` is ``n_envs``).
+ZOO_KEYS: dict[str, Any] = {"n_timesteps": None, "n_envs": None, "policy": "MlpPolicy",
+                            "env_wrapper": "gymnasium.wrappers.FlattenObservation",
+                            "normalize": False}
 
 
 @dataclass
@@ -69,8 +89,9 @@ class TrainConfig:
     """Seeds the model, the training envs (``seed + rank``) and the eval env (``seed + 10_000``)."""
     n_envs: int = 4
     """Parallel training envs."""
-    vec_env: str = "dummy"
-    """``dummy`` (one process) or ``subproc`` (one process per env)."""
+    vec_env: str = "batched"
+    """``batched`` (the registered batched env, all learners in one pass), ``dummy`` (single envs
+    in one process) or ``subproc`` (one process per env)."""
     start_method: str | None = None
     """Start method of ``subproc`` workers (``spawn``, ``forkserver``, ``fork``); None: SB3's."""
     out: str = "results/train/run"
@@ -116,29 +137,107 @@ def full_env_id(env_id: str) -> str:
 def load_hyperparams(
     algo: str, env_id: str, overrides: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Merge ``default``, the env id's entry and ``overrides`` from ``hyperparams/<algo>.yml``.
+    """The algorithm's keyword arguments for ``env_id`` from ``hyperparams/<algo>.yml``.
 
-    Dict values (``policy_kwargs``) merge key by key; everything else replaces.
+    The file is in rl-zoo3's format, read as rl-zoo3 reads it: the entry named after the env id
+    (without the ``nsr_gym:`` prefix), else the ``default`` entry, never a merge of the two (the
+    file shares values between entries with YAML's ``<<`` merge key). Then ``overrides`` go on
+    top: dict values (``policy_kwargs``) merge key by key, everything else replaces.
+    ``policy_kwargs`` may be rl-zoo3's string, ``"dict(net_arch=[64, 64],
+    activation_fn=nn.Tanh)"``, parsed here without ``eval``; it is returned as a dict with the
+    activation's name (``"tanh"``), as ``config.json`` records it.
+
+    rl-zoo3's run keys (:data:`ZOO_KEYS`) are checked and left out: ``n_timesteps`` and
+    ``n_envs`` are :class:`TrainConfig`'s to set, and ``policy``, ``env_wrapper`` and
+    ``normalize`` must be what :func:`train` runs (``MlpPolicy`` on the flattened observation).
+
+    Raises:
+        ValueError: for an unknown algo, a file without an entry for ``env_id`` or a
+            ``default``, a run key in ``overrides``, or a run key :func:`train` cannot honour.
     """
     import yaml
 
     if algo not in ALGOS:
         raise ValueError(f"unknown algo {algo!r}; choose from {ALGOS}")
-    text = (
-        resources.files("nsr_gym.agents")
-        .joinpath("hyperparams", f"{algo.replace('-', '_')}.yml")
-        .read_text()
-    )
-    table = yaml.safe_load(text) or {}
+    name = f"{algo.replace('-', '_')}.yml"
+    table = yaml.safe_load(
+        resources.files("nsr_gym.agents").joinpath("hyperparams", name).read_text()) or {}
     bare_id = env_id.split(":", 1)[-1]
+    entry = table.get(bare_id, table.get("default"))
+    if not isinstance(entry, dict):
+        raise ValueError(f"hyperparams/{name} has no entry for {bare_id!r} and no 'default'")
+    overrides = dict(overrides or {})
+    run_keys = sorted(set(overrides) & set(ZOO_KEYS))
+    if run_keys:
+        raise ValueError(f"{run_keys} are run settings, not hyperparameters: set TrainConfig's "
+                         "total_timesteps / n_envs (--timesteps / --n-envs)")
+    for key, expected in ZOO_KEYS.items():
+        if expected is not None and entry.get(key, expected) != expected:
+            raise ValueError(f"hyperparams/{name}: {key}={entry[key]!r}, but agents/train.py "
+                             f"trains {key}={expected!r}")
     resolved: dict[str, Any] = {}
-    for layer in (table.get("default") or {}, table.get(bare_id) or {}, overrides or {}):
+    for layer in ({k: v for k, v in entry.items() if k not in ZOO_KEYS}, overrides):
         for key, value in layer.items():
+            if key == "policy_kwargs":
+                value = parse_policy_kwargs(value)
             if isinstance(value, dict) and isinstance(resolved.get(key), dict):
                 resolved[key] = {**resolved[key], **value}
             else:
                 resolved[key] = copy.deepcopy(value)
     return resolved
+
+
+def _activation_name(value: Any) -> Any:
+    """``"nn.Tanh"`` -> ``"tanh"`` (the names of :data:`_ACTIVATIONS`); anything else as is."""
+    if not (isinstance(value, str) and value.startswith("nn.")):
+        return value
+    names = {cls: name for name, cls in _ACTIVATIONS.items()}
+    if value[3:] not in names:
+        raise ValueError(f"activation_fn {value!r} unknown; choose from "
+                         f"{['nn.' + c for c in names]}")
+    return names[value[3:]]
+
+
+def _literal(node: Any) -> Any:
+    """A ``policy_kwargs`` expression node: ``dict(k=...)``, ``nn.<Name>`` or a literal."""
+    import ast
+
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) \
+            and node.func.id == "dict" and not node.args:
+        return {kw.arg: _literal(kw.value) for kw in node.keywords}
+    if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) \
+            and node.value.id == "nn":
+        return _activation_name(f"nn.{node.attr}")
+    return ast.literal_eval(node)
+
+
+def parse_policy_kwargs(spec: str | dict[str, Any] | None) -> dict[str, Any]:
+    """rl-zoo3's ``policy_kwargs`` string (or a dict) as a JSON-able dict, without ``eval``.
+
+    The string is one ``dict(...)`` call whose arguments are literals, nested ``dict(...)``
+    calls, or ``nn.<Activation>`` (stored by name: ``nn.Tanh`` -> ``"tanh"``).
+
+    Raises:
+        ValueError: for anything else in the string, or an activation not in
+            :data:`_ACTIVATIONS`.
+    """
+    import ast
+
+    if spec is None:
+        return {}
+    if isinstance(spec, str):
+        try:
+            value = _literal(ast.parse(spec, mode="eval").body)
+        except (SyntaxError, ValueError, TypeError) as err:
+            raise ValueError(f"policy_kwargs {spec!r}: expected dict(...) of literals and "
+                             f"nn.<Activation> ({err})") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"policy_kwargs {spec!r} is not a dict(...)")
+        spec = value
+    out = dict(spec)
+    if "activation_fn" in out:
+        out["activation_fn"] = _activation_name(out["activation_fn"])
+    return out
 
 
 def _schedule(value: Any) -> Any:
@@ -212,10 +311,48 @@ def make_env(
     return thunk
 
 
+def make_batched_env(
+    env_id: str, n_envs: int, backend: str = "analytic", env_kwargs: dict[str, Any] | None = None
+) -> gym.vector.VectorEnv:
+    """``gym.make_vec(env_id, n_envs)`` with ``SAME_STEP`` autoreset, as :class:`SB3VecEnv`
+    wants: the id's registered vector entry point (the batched env), or, for an id without one
+    (or while its module is not installed), a ``SyncVectorEnv`` of ``n_envs`` single envs."""
+    import importlib
+
+    from gymnasium.vector import AutoresetMode
+
+    import nsr_gym  # noqa: F401 - registers the envs
+
+    kwargs = {"backend": backend, **(env_kwargs or {})}
+    entry = gym.spec(env_id.split(":", 1)[-1]).vector_entry_point
+    if isinstance(entry, str):
+        module = entry.split(":", 1)[0]
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as err:
+            if err.name != module:  # the module is there but something it needs is not
+                raise
+            entry = None
+    if entry is not None:
+        return gym.make_vec(full_env_id(env_id), num_envs=n_envs,
+                            vectorization_mode="vector_entry_point",
+                            autoreset_mode=AutoresetMode.SAME_STEP, **kwargs)
+    return gym.make_vec(full_env_id(env_id), num_envs=n_envs, vectorization_mode="sync",
+                        vector_kwargs={"autoreset_mode": AutoresetMode.SAME_STEP}, **kwargs)
+
+
 def make_vec_env(cfg: TrainConfig, n_envs: int, monitor_dir: str | os.PathLike | None = None):
-    """``n_envs`` copies of the env in a ``DummyVecEnv`` or a ``SubprocVecEnv``."""
+    """``n_envs`` training envs as ``cfg.vec_env`` says: the batched env in
+    :class:`~nsr_gym.agents.sb3_vec.SB3VecEnv` and
+    :class:`~nsr_gym.agents.sb3_vec.RankMonitor`, or a ``DummyVecEnv`` / ``SubprocVecEnv`` of
+    :func:`make_env` copies; either way ``monitor_dir`` gets ``rank<i>.monitor.csv`` per env."""
     from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv
 
+    from nsr_gym.agents.sb3_vec import RankMonitor, SB3VecEnv
+
+    if cfg.vec_env == "batched":
+        venv = make_batched_env(cfg.env_id, n_envs, cfg.backend, cfg.env_kwargs)
+        return RankMonitor(SB3VecEnv(venv), None if monitor_dir is None else str(monitor_dir))
     thunks = [
         make_env(cfg.env_id, rank, cfg.backend, cfg.env_kwargs, monitor_dir)
         for rank in range(n_envs)
@@ -269,12 +406,21 @@ def train(
 ) -> TrainResult:
     """Train one controller as ``cfg`` says and write it to ``cfg.out``.
 
+    Torch runs on ``cfg.torch_threads`` threads meanwhile (the policy's updates; the env's own
+    computation keeps its own setting, :mod:`nsr_gym.threads`), restored after.
+
     Args:
         cfg: The settings.
         command: The command line to record in ``config.json`` (default: a description).
         extra_callbacks: SB3 callbacks run besides the ``EvalCallback`` (e.g. early stopping).
     """
-    import torch
+    from nsr_gym.threads import torch_threads
+
+    with torch_threads(cfg.torch_threads):
+        return _train(cfg, command, extra_callbacks)
+
+
+def _train(cfg: TrainConfig, command: str | None, extra_callbacks: list | None) -> TrainResult:
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import EvalCallback
     from stable_baselines3.common.vec_env import DummyVecEnv
@@ -288,7 +434,6 @@ def train(
     if cfg.total_timesteps < 1 or cfg.n_envs < 1:
         raise ValueError("total_timesteps and n_envs must be >= 1")
     t0 = time.perf_counter()
-    torch.set_num_threads(cfg.torch_threads)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     for stale in ("best_model.zip", WEIGHTS_OF["best_model.zip"]):  # a previous run's best
@@ -310,9 +455,14 @@ def train(
     (out / "monitor").mkdir(exist_ok=True)
     env = make_vec_env(cfg, cfg.n_envs, monitor_dir=out / "monitor")
     env.seed(cfg.seed)
-    eval_env = DummyVecEnv([make_env(cfg.env_id, 0, cfg.backend, cfg.env_kwargs)])
+    # The eval env is one env of the training env's kind (EvalCallback warns otherwise).
+    if cfg.vec_env == "batched":
+        eval_env = make_vec_env(cfg, 1)
+        layout = obs_layout(eval_env.unwrapped.single_observation_space)
+    else:
+        eval_env = DummyVecEnv([make_env(cfg.env_id, 0, cfg.backend, cfg.env_kwargs)])
+        layout = obs_layout(eval_env.envs[0].unwrapped.observation_space)
     eval_env.seed(cfg.seed + 10_000)
-    layout = obs_layout(eval_env.envs[0].unwrapped.observation_space)
     action_meta = action_layout(eval_env.action_space)
 
     # ---- model ---------------------------------------------------------------------------

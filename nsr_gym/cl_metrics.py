@@ -13,12 +13,12 @@ at that moment; ``b[i]`` (row ``phase = -1``) is the accuracy of the episode's i
 the random-init baseline of FWT. Which subspace serves task ``i`` (:func:`serve_mode`):
 
 * ``"entry"`` (agents that manage the bank: classes ``history``, ``oracle``, ``learned``,
-  ``clairvoyant``): the bank entry the env's oracle would load for task ``i``, i.e. the slot task
-  ``i`` owns (``info["next_task_slot"]``), as a multi-head model selects task ``i``'s head from
-  its task label. Where task ``i`` owns no slot (never trained, evicted, dropped; under
-  ``reserve="active"`` a task served by another's entry) it is the active subspace. With
-  ``retention="agent"`` the task just trained is served by the active subspace (its new entry is
-  pending: the agent has not yet decided where, or whether, to keep it).
+  ``clairvoyant``): the bank entry the env's oracle would load for task ``i``, i.e. the slot
+  task ``i`` owns (``oracle_info()["next_task_slot"]``), as a multi-head model selects task
+  ``i``'s head from its task label. Where task ``i`` owns no slot (never trained, evicted,
+  dropped; under ``reserve="active"`` a task served by another's entry) it is the active
+  subspace. With ``retention="agent"`` the task just trained is served by the active subspace
+  (its new entry is pending: the agent has not yet decided where, or whether, to keep it).
 * ``"active"`` (memoryless agents, classes ``M0`` and ``M1``, which cannot tell which entry is
   task ``i``'s): the active subspace, as a single model is evaluated after each experience.
 
@@ -157,7 +157,7 @@ class MatrixRecorder:
             self.policy.observe(info)
         if self._env is None:
             return
-        if "phase_end" not in info:  # the info of reset: the initial subspace
+        if int(info.get("phase", -1)) < 0:  # the info of reset (phase -1): the initial subspace
             self._rows = [(-1, -1, *served_accuracies(self._env, -1, self.serve))]
         elif info["phase_end"]:
             task = int(info["task_id"])

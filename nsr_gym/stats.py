@@ -63,10 +63,15 @@ def iqm(values: np.ndarray) -> float:
     Returns:
         The IQM, or NaN without finite values.
     """
-    from scipy.stats import trim_mean
-
     values = _finite(np.ravel(values))
-    return float(trim_mean(values, 0.25)) if values.size else float("nan")
+    if not values.size:
+        return float("nan")
+    # scipy's trim_mean(values, 0.25) step for step (partition, then the mean of the middle),
+    # without its argument handling, which cost ~0.5 ms a call inside the bootstraps
+    low = int(0.25 * values.size)
+    high = values.size - low
+    kept = np.partition(values, (low, high - 1))[low:high]
+    return float(np.mean(kept))
 
 
 def stratified_bootstrap_ci(

@@ -63,7 +63,7 @@ def test_similarity_threshold_is_the_banks():
 
 
 def test_rollout_before_step_hook_sees_each_decision_and_changes_nothing():
-    env = gym.make(ENV, backend="analytic", phase_length=3, n_cycles=2)
+    env = gym.make(ENV, backend="analytic", phase_length=3, n_cycles=2, privileged_info=True)
     plain = rollout(env, make_policy("similarity"), seed=1)
     seen = []
     hooked = rollout(env, make_policy("similarity"), seed=1,

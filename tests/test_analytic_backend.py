@@ -96,7 +96,7 @@ def test_similarity_rule_equals_bank_after_first_cycle(g):
 @pytest.mark.parametrize("M,K", [(5, 3), (4, 2), (3, 1)])
 def test_capacity_hits_per_cycle_match_table(eviction, M, K):
     C = 5
-    env = make_env(M, 3, C, 2.0, 0.05, 1.0, capacity=K, eviction=eviction)
+    env = make_env(M, 3, C, 2.0, 0.05, 1.0, capacity=K, eviction=eviction, privileged_info=True)
     policy = Oracle(first_visit="keep")
     obs, info = env.reset(seed=0)
     policy.observe(info)

@@ -81,7 +81,8 @@ def test_probe_embeddings_retrieve_their_own_task(family):
 def test_similarity_rule_loads_the_returning_tasks_entry():
     from nsr_gym.agents import SimilarityRule
 
-    env = gym.make(nsr_gym.env_id("FiveDomains"), phase_length=3, n_cycles=2, updates_per_step=1)
+    env = gym.make(nsr_gym.env_id("FiveDomains"), phase_length=3, n_cycles=2, updates_per_step=1,
+                   privileged_info=True)
     policy = SimilarityRule()
     obs, info = env.reset(seed=3)
     done, checked = False, 0

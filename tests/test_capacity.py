@@ -54,12 +54,24 @@ def test_hits_on_a_strict_cycle_are_theorem3s(K):
 
 def test_hit_counter_reads_the_write_of_the_same_step():
     """A load of the slot that this step's write fills is a hit only for the pending entry's
-    own task; otherwise the slot info['next_task_slot'] names is the task's own."""
-    counter = capacity.HitCounter()
+    own task; otherwise the slot oracle_info()['next_task_slot'] names is the task's own."""
+
+    class Truth:  # the env's privileged channel, as the counter reads it
+        unwrapped = None
+        truth = {"next_task_id": 3, "next_task_slot": 0}
+
+        def oracle_info(self) -> dict:
+            return dict(self.truth)
+
+    env = Truth()
+    env.unwrapped = env
+    counter = capacity.HitCounter(env)
     obs = {"occupied": np.array([1.0, 0.0]), "pending": np.array([1.0])}
-    info = {"next_is_phase_start": 1, "next_task_id": 3, "next_task_slot": 0}
+    info = {"next_is_phase_start": 1}
     counter(obs, info, np.array([2, 0]))  # first visit of task 3: no revisit, no hit
-    counter(obs, {**info, "next_task_id": 4, "next_task_slot": -1}, np.array([0, 0]))
+    env.truth = {"next_task_id": 4, "next_task_slot": -1}
+    counter(obs, info, np.array([0, 0]))
+    env.truth = {"next_task_id": 3, "next_task_slot": 0}
     counter(obs, info, np.array([3, 2]))  # writes task 4's pending entry into slot 1, loads it
     assert (counter.hits, counter.revisits) == (0, 1)
     counter(obs, info, np.array([2, 2]))  # loads slot 0, task 3's own, not the written one

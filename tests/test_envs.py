@@ -89,7 +89,7 @@ def test_different_seeds_differ():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_episode_structure_and_info(backend):
-    env = make(IDS[0], backend)
+    env = make(IDS[0], backend, privileged_info=True)
     obs, info = env.reset(seed=0)
     assert set(obs) == {"similarity", "occupied", "age", "usage", "active", "last_accuracy",
                         "task_shift"}
@@ -100,7 +100,8 @@ def test_episode_structure_and_info(backend):
     while not terminated:
         obs, reward, terminated, truncated, info = env.step(KEEP)
         assert isinstance(reward, float) and isinstance(terminated, bool) and truncated is False
-        assert all(isinstance(v, (int, float, np.ndarray)) for v in info.values())
+        # every value a number with a dtype (TorchRL batches infos by dtype)
+        assert all(isinstance(v, (np.integer, np.floating, np.ndarray)) for v in info.values())
         n += 1
     u = env.unwrapped
     assert n == u.n_tasks * u.n_cycles * u.phase_length
@@ -242,14 +243,50 @@ def test_reset_empties_the_env_bank_and_a_loaded_bank_keeps_its_policy_one_episo
 def test_info_keys_and_their_order():
     from nsr_gym.envs.allocation import StepInfo
 
-    env = make(IDS[0], "analytic")
-    _, info = env.reset(seed=0)
-    base = ["next_task_id", "next_task_slot", "next_is_phase_start", "bank_entries", "bank_bytes",
-            "action_mask"]
-    assert list(info) == base
-    _, _, _, _, info = env.step(KEEP)
-    assert list(info) == base + list(StepInfo._fields)
+    base = ["next_is_phase_start", "bank_entries", "bank_bytes", "action_mask"]
+    for privileged, oracle in ((False, []), (True, ["next_task_id", "next_task_slot"])):
+        env = make(IDS[0], "analytic", privileged_info=privileged)
+        _, info = env.reset(seed=0)  # reset's info has step's keys (clients read a fixed set)
+        assert list(info) == base + oracle + list(StepInfo._fields)
+        assert info["task_id"] == -1 and np.isnan(info["loss"])
+        _, _, _, _, info = env.step(KEEP)
+        assert list(info) == base + oracle + list(StepInfo._fields)
     assert StepInfo._fields == (
         "task_id", "phase", "step_in_phase", "visit", "is_revisit", "switched", "invalid_load",
         "accuracy", "zero_shot_accuracy", "loss", "skipped_updates", "phase_end",
         "evicted_task", "truncation_gap", "reserve_skipped", "protected_tasks")
+
+
+def test_privileged_info_is_opt_in_and_oracle_info_is_its_channel():
+    """The oracle's answer (the coming step's task and its slot) is not in the default info, so a
+    client that feeds info to its agent leaks nothing; ``privileged_info=True`` and
+    ``oracle_info()`` give the same values."""
+    from gymnasium.error import ResetNeeded
+
+    from nsr_gym.agents import Oracle, rollout
+
+    plain = make(IDS[0], "analytic")
+    with pytest.raises(ResetNeeded, match="reset"):
+        plain.unwrapped.oracle_info()
+    told = make(IDS[0], "analytic", privileged_info=True)
+    _, info = plain.reset(seed=4)
+    _, told_info = told.reset(seed=4)
+    assert "next_task_id" not in info and "next_task_slot" not in info
+    for _ in range(40):
+        truth = plain.unwrapped.oracle_info()
+        assert truth == {k: told_info[k] for k in truth}
+        action = 2 + truth["next_task_slot"] if truth["next_task_slot"] >= 0 else 0
+        _, _, _, _, info = plain.step(action)
+        _, _, _, _, told_info = told.step(action)
+        assert "next_task_id" not in info
+    # the oracle reads the channel when bound (rollout binds it), and refuses to guess otherwise
+    bound = rollout(plain, Oracle(), seed=2)
+    informed = rollout(told, Oracle(), seed=2)
+    assert bound["reward"].tolist() == informed["reward"].tolist()
+    oracle = Oracle()
+    _, info = plain.reset(seed=0)
+    oracle.observe(info)
+    with pytest.raises(ValueError, match="privileged_info=True"):
+        oracle.predict(plain.observation_space.sample())
+    with pytest.raises(ValueError, match="privileged_info"):
+        make(IDS[0], "analytic", privileged_info="yes")

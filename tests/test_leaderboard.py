@@ -69,11 +69,12 @@ def test_leaderboard_over_real_results(tmp_path, capsys, monkeypatch):
     assert len(scores) == 2 * 4 * 3  # benchmarks x agents x seeds, the raw matrix
     md = (tmp_path / "leaderboard.md").read_text()
     assert "closer to zero" in md and "stratified bootstrap" in md
-    for fig in (
-        "FiveDomains-analytic_accuracy_matrix.png",
-        "PermutedDigits-analytic_switches_memory.png",
-        "FiveDomains-analytic_switch_curves.csv",
-        "PermutedDigits-analytic_memory_curves.csv",
+    assert set(board["track"]) == {"standard"} and set(board["setting"]) == {"n_cycles=2"}
+    for fig in (  # a setting other than the registered one (--cycles 2) names its own figures
+        "FiveDomains-analytic-n_cycles=2_accuracy_matrix.png",
+        "PermutedDigits-analytic-n_cycles=2_switches_memory.png",
+        "FiveDomains-analytic-n_cycles=2_switch_curves.csv",
+        "PermutedDigits-analytic-n_cycles=2_memory_curves.csv",
     ):
         assert (tmp_path / "leaderboard_plots" / fig).is_file(), fig
     pytest.importorskip("rliable", reason="rliable is a test extra: the profile plot needs it")

@@ -35,7 +35,7 @@ def _reference_obs(env) -> dict[str, np.ndarray]:
 @pytest.mark.parametrize("kwargs", [dict(), dict(capacity=2, eviction="lfu")])
 def test_cached_obs_and_info_equal_fresh_computation(kwargs):
     env = gym.make("nsr_gym/RecurringSplitDigits-v0", backend="analytic", phase_length=4,
-                   n_cycles=3, **kwargs)
+                   n_cycles=3, privileged_info=True, **kwargs)
     obs, info = env.reset(seed=0)
     rng = np.random.default_rng(0)
     done, kept = False, []

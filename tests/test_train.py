@@ -44,12 +44,13 @@ def test_tiny_training_saves_and_round_trips(tmp_path, algo, backend):
     files = ("model.zip", "policy.safetensors", "best_model.zip", "best_policy.safetensors")
     for name in (*files, "config.json"):
         assert (out / name).exists(), name
-    assert (
-        list((out / "monitor").glob("rank*.monitor.csv"))
-        and (out / "eval" / "evaluations.npz").exists()
-    )
+    # the default training envs are the batched env's, logged per env as Monitor would
+    assert sorted(p.name for p in (out / "monitor").glob("*.csv")) == \
+        ["rank0.monitor.csv", "rank1.monitor.csv"]
+    assert (out / "eval" / "evaluations.npz").exists()
     config = json.loads(result.config_path.read_text())
     assert config["settings"]["algo"] == algo and config["env_kwargs"]["backend"] == backend
+    assert config["settings"]["vec_env"] == "batched"
     assert config["num_timesteps"] >= 160 and config["hyperparams"]["n_steps"] == 40
     assert config["env_id"] == "nsr_gym:nsr_gym/CyclicSplitDigits-v0"
 
@@ -130,6 +131,22 @@ def test_subproc_vec_env_with_spawned_workers(tmp_path):
     assert len(list((result.model_path.parent / "monitor").glob("rank*.monitor.csv"))) == 2
 
 
+@pytest.mark.parametrize("algo", ["ppo", "maskable-ppo"])
+def test_batched_and_dummy_envs_train_the_same_model(tmp_path, algo):
+    """The batched env in SB3VecEnv gives SB3 what a DummyVecEnv of single envs gives it, so
+    the same seed trains the same weights (analytic backend: exactly)."""
+    import torch
+    from safetensors.torch import load_file
+
+    weights = {}
+    for vec_env in ("batched", "dummy"):
+        cfg = _tiny(tmp_path / vec_env, algo, "analytic", vec_env=vec_env)
+        weights[vec_env] = load_file(train(cfg).model_path.parent / "policy.safetensors")
+    assert weights["batched"].keys() == weights["dummy"].keys()
+    for name, value in weights["batched"].items():
+        assert torch.equal(value, weights["dummy"][name]), name
+
+
 def test_hyperparams_default_then_env_id_then_overrides():
     hp = load_hyperparams(
         "maskable-ppo",
@@ -141,6 +158,36 @@ def test_hyperparams_default_then_env_id_then_overrides():
     assert "learning_rate" in hp and "gamma" in hp
     with pytest.raises(ValueError, match="unknown algo"):
         load_hyperparams("dqn", "x")
+    with pytest.raises(ValueError, match="run settings"):
+        load_hyperparams("ppo", "nsr_gym/CyclicSplitDigits-v0", {"n_envs": 8})
+
+
+def test_hyperparams_are_in_rl_zoo3_format():
+    """Every entry has rl-zoo3's required keys; an id without one falls back to ``default``."""
+    from importlib import resources
+
+    import yaml
+
+    from nsr_gym.agents.train import ZOO_KEYS, parse_policy_kwargs
+
+    for algo in ("ppo", "maskable_ppo"):
+        text = resources.files("nsr_gym.agents").joinpath("hyperparams", f"{algo}.yml")
+        table = yaml.safe_load(text.read_text())
+        for env, entry in table.items():
+            assert {"n_timesteps", "policy", "env_wrapper"} <= set(entry), (algo, env)
+            assert entry["policy"] == ZOO_KEYS["policy"]
+            assert entry["policy_kwargs"] == "dict(net_arch=[64, 64], activation_fn=nn.Tanh)"
+    # an id without an entry gets `default`, as rl-zoo3 gives it
+    assert load_hyperparams("ppo", "nsr_gym/FiveDomains-v0") == \
+        load_hyperparams("ppo", "nsr_gym/CyclicSplitDigits-v0")
+    nested = parse_policy_kwargs("dict(net_arch=dict(pi=[8], vf=[4]), activation_fn=nn.ReLU, "
+                                 "ortho_init=False)")
+    assert nested == {"net_arch": {"pi": [8], "vf": [4]}, "activation_fn": "relu",
+                      "ortho_init": False}
+    assert parse_policy_kwargs({"activation_fn": "nn.ELU"}) == {"activation_fn": "elu"}
+    for bad in ("__import__('os').system('true')", "dict(activation_fn=nn.Softmax)", "[1]"):
+        with pytest.raises(ValueError, match="policy_kwargs|activation_fn"):
+            parse_policy_kwargs(bad)
 
 
 def test_make_agent_rejects_what_it_cannot_build(tmp_path):

@@ -27,6 +27,7 @@ from nsr_gym.bank.compression import (
     dense_truncated_svd,
     payload_ranks,
     truncate_lora,
+    truncate_lora_batch,
 )
 from nsr_gym.bank.core import EVICTION_POLICIES, SIMILARITY_THRESHOLD, TaskKnowledgeBank
 from nsr_gym.bank.entry import BankEntry
@@ -44,4 +45,4 @@ __all__ = ["BANK_FORMAT_VERSION", "EVICTION_POLICIES", "PAYLOAD_DTYPES", "READAB
            "SIMILARITY_THRESHOLD", "BankEntry", "BankFormatError", "BankView", "LoraTruncation",
            "TaskKnowledgeBank", "check_bank_fits", "compress_lora", "dense_truncated_svd",
            "env_geometry", "load_bank", "payload_ranks", "save_bank", "truncate_lora",
-           "write_geometry"]
+           "truncate_lora_batch", "write_geometry"]

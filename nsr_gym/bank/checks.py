@@ -92,9 +92,11 @@ def spec_nbytes(spec: Any, name: str, file: Path, fail: Any,
             not all(type(n) is int and n >= 0 for n in shape):
         raise fail(file, f"tensor {name!r} has shape {_short(shape)}: a list of at most "
                    f"{MAX_TENSOR_DIMS} non-negative ints is needed")
-    if dtype not in dtypes:
-        raise fail(file, f"tensor {name!r} has dtype {_short(dtype)}; bank payloads are "
-                   f"{', '.join(dtypes)} only (integer and bool payloads are refused)")
+    # isinstance first: a list or object dtype is unhashable and would raise inside ``in``.
+    if not isinstance(dtype, str) or dtype not in dtypes:
+        raise fail(file, f"tensor {name!r} has dtype {_short(dtype)}; a dtype is one of the "
+                   f"names {', '.join(map(repr, dtypes))} (integer and bool payloads are "
+                   "refused)")
     nbytes = math.prod(shape) * dtypes[dtype]
     if nbytes > MAX_TENSOR_BYTES:
         raise fail(file, f"tensor {name!r} declares {nbytes:,} bytes, over the limit of "

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 __all__ = ["LoraTruncation", "compress_lora", "dense_truncated_svd", "payload_ranks",
-           "truncate_lora"]
+           "truncate_lora", "truncate_lora_batch"]
 
 
 class LoraTruncation(NamedTuple):
@@ -107,6 +107,48 @@ def truncate_lora(B: torch.Tensor, A: torch.Tensor, rank: int | None = None,
     s2 = s_np.astype(np.float64) ** 2
     return LoraTruncation(b_k.to(torch.float32).contiguous(), a_k.to(torch.float32).contiguous(),
                           int(k), float(s2[:k].sum() / s2.sum()))
+
+
+def truncate_lora_batch(B: torch.Tensor, A: torch.Tensor, rank: int | None = None,
+                        energy: float | None = None) -> list[LoraTruncation]:
+    """:func:`truncate_lora` of ``N`` adapters at once: ``B`` ``(N, m, r)``, ``A`` ``(N, r, n)``
+    (all finite), the factorisations batched; entry ``i`` equals ``truncate_lora(B[i], A[i],
+    rank, energy)`` (the batched QR and SVD run the same LAPACK routine per matrix).
+
+    Raises:
+        ValueError: for shapes that are not ``(N, m, r)`` and ``(N, r, n)``, or NaN/inf.
+    """
+    if B.ndim != 3 or A.ndim != 3 or B.shape[0] != A.shape[0] or B.shape[2] != A.shape[1]:
+        raise ValueError(f"truncate_lora_batch needs B (N, m, r), A (N, r, n); got "
+                         f"{tuple(B.shape)}, {tuple(A.shape)}")
+    n_batch, m, r = B.shape
+    n = A.shape[2]
+    if min(m, n, r) == 0:
+        return [truncate_lora(B[i], A[i], rank, energy) for i in range(n_batch)]
+    in_dtype = torch.promote_types(B.dtype, A.dtype)
+    eps = torch.finfo(in_dtype if in_dtype.is_floating_point else torch.float32).eps
+    b64, a64 = B.detach().to(torch.float64), A.detach().to(torch.float64)
+    if not (math.isfinite(float(b64.sum())) and math.isfinite(float(a64.sum()))):
+        raise ValueError("truncate_lora_batch: B and A must be finite (found NaN or inf)")
+    q_b, r_b = torch.linalg.qr(b64)
+    q_a, r_a = torch.linalg.qr(a64.transpose(1, 2))
+    u, s, vh = torch.linalg.svd(r_b @ r_a.transpose(1, 2), full_matrices=False)
+    s_all = s.cpu().numpy()
+    out = []
+    for i in range(n_batch):
+        s_np = s_all[i]
+        if s_np[0] == 0.0:
+            out.append(truncate_lora(B[i], A[i], rank, energy))  # the zeros, as alone
+            continue
+        k = _select_rank(s_np, eps * max(m, n, r), rank, energy)
+        root = s[i, :k].sqrt()
+        b_k = (q_b[i] @ u[i, :, :k]) * root
+        a_k = root[:, None] * (vh[i, :k] @ q_a[i].T)
+        s2 = s_np.astype(np.float64) ** 2
+        out.append(LoraTruncation(b_k.to(torch.float32).contiguous(),
+                                  a_k.to(torch.float32).contiguous(), int(k),
+                                  float(s2[:k].sum() / s2.sum())))
+    return out
 
 
 def payload_ranks(payload: Mapping[str, torch.Tensor]) -> dict[str, int]:

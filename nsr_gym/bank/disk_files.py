@@ -90,8 +90,9 @@ def read_manifest(root: Path) -> dict[str, Any]:
         raise fail(mpath, "not a DiskBank manifest")
     version = m.get("format_version")
     if type(version) is not int or version not in READABLE_DISKBANK_VERSIONS:
-        raise BankFormatError(f"{mpath}: unknown format_version {version!r} (this nsr_gym reads "
-                              f"{READABLE_DISKBANK_VERSIONS})")
+        raise BankFormatError(f"{mpath}: unknown format_version {version!r:.80} (this nsr_gym "
+                              f"reads {READABLE_DISKBANK_VERSIONS}). Open it with the nsr_gym "
+                              "version that wrote it, or rebuild the DiskBank")
     f = Fields(m, mpath, fail)
     out = {"key_dim": f.integer("key_dim", 1, MAX_KEY_DIM),
            "shard_size": f.integer("shard_size", 1, MAX_SHARD_SIZE),

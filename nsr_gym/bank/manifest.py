@@ -68,7 +68,7 @@ def read_manifest(mpath: Path) -> dict[str, Any]:
     version = manifest["format_version"]
     if type(version) is not int or version not in READABLE_BANK_VERSIONS:
         raise BankFormatError(
-            f"{mpath}: unknown format_version {version!r} (this nsr_gym reads "
+            f"{mpath}: unknown format_version {version!r:.80} (this nsr_gym reads "
             f"{READABLE_BANK_VERSIONS}). Load it with the nsr_gym version that wrote it, or "
             "re-save it")
     return manifest
@@ -94,8 +94,12 @@ def declared_entry(f: Fields, params: Mapping[str, Any],
     if not 0 <= slot < params["capacity"] or slot in taken:
         raise fail(f.file, f"slot {slot} is out of range or repeated")
     specs = f.get("tensors", dict)
-    if specs.get(KEY_TENSOR) != {"shape": [key_dim], "dtype": "float32"}:
-        raise fail(f.file, f"slot {slot} needs a float32 ({key_dim},) {KEY_TENSOR} tensor")
+    key_spec = specs.get(KEY_TENSOR)
+    # ``!=`` alone would let 4.0 or true stand for 4 or 1 in the shape: JSON numbers compare equal.
+    if key_spec != {"shape": [key_dim], "dtype": "float32"} or \
+            any(type(n) is not int for n in key_spec["shape"]):
+        raise fail(f.file, f"slot {slot} needs its key declared as {KEY_TENSOR!r}: "
+                   f"{{'shape': [{key_dim}], 'dtype': 'float32'}} (got {key_spec!r:.80})")
     nbytes = sum(spec_nbytes(spec, f"slot{slot}/{name}", f.file, fail)
                  for name, spec in specs.items() if name != KEY_TENSOR)
     meta = {name: f.integer(name, INT_LOWER.get(name, -(1 << 62))) for name in INT_FIELDS}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Callable
 
@@ -49,9 +48,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def parse_env_kwargs(text: str) -> dict:
     """``--env-kwargs``: a JSON object of ``gym.make`` keywords."""
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as err:
+    from nsr_gym.jsonio import JsonFileError, parse_json
+
+    try:  # bounded: a pathological argument gets a clear error, not a deep recursion
+        value = parse_json(text, source="--env-kwargs")
+    except JsonFileError as err:
         raise argparse.ArgumentTypeError(
             f"--env-kwargs takes a JSON object such as '{{\"lambda_switch\": 0.1}}', got "
             f"{text!r} ({err})") from None
@@ -95,8 +96,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                       help="bank slots K (below the number of tasks, memory binds)")
     bank.add_argument("--retention", default=None, choices=RETENTION_MODES,
                       help="who decides what the bank keeps: the env's --eviction, or the "
-                           "agent's action (retention rules pin, lfu-retain, lru-retain, the "
-                           "clairvoyant; allocation-only agents keep the env's eviction)")
+                           "agent's action (retention rules pin, lfu-retain, lru-retain; the "
+                           "references belady-retain and clairvoyant; allocation-only agents "
+                           "keep the env's eviction)")
     bank.add_argument("--eviction", default=None, choices=EVICTION_POLICIES,
                       help="the env's eviction policy when the bank is full (default lru)")
     p.add_argument("--env-kwargs", type=parse_env_kwargs, default=None, metavar="JSON",

@@ -58,7 +58,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 #: Mirrors of ``agents.train`` (ALGOS, VEC_ENVS and TrainConfig's defaults), kept here so that
 #: building the parser imports neither torch nor SB3; ``tests/test_train_cli.py`` checks they agree.
 ALGOS = ("ppo", "maskable-ppo")
-VEC_ENVS = ("dummy", "subproc")
+VEC_ENVS = ("batched", "dummy", "subproc")
 DEFAULTS = argparse.Namespace(
     algo="maskable-ppo",
     env_id="nsr_gym/CyclicSplitDigits-v0",
@@ -66,7 +66,7 @@ DEFAULTS = argparse.Namespace(
     total_timesteps=60_000,
     seed=0,
     n_envs=4,
-    vec_env="dummy",
+    vec_env="batched",
     n_evals=5,
 )
 

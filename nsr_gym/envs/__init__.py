@@ -1,9 +1,42 @@
-"""Env classes and their Gymnasium registrations (made on ``import nsr_gym``)."""
+"""Env classes and their Gymnasium registrations (made on ``import nsr_gym``).
+
+Every offline benchmark of :data:`BENCHMARKS` is registered twice:
+
+* ``nsr_gym/<Benchmark>-v0`` on the torch backend (the real learner; pass ``backend="analytic"``
+  for the closed-form one), and
+* ``nsr_gym/<Benchmark>Analytic-v0``, the same benchmark with ``backend="analytic"`` registered,
+  for clients that take only an id (TorchRL's ``GymEnv(id, backend=...)`` names the gym library
+  with its own ``backend``; rl-zoo3's ``--env``; Tianshou's env factories). The variants that
+  differ only in the torch learner's backbone (``learner_defaults``: the ViT and the pretrained
+  CNN) have no analytic twin: the analytic model has no backbone.
+
+How each id is made:
+
+* ``gym.make(id, **kwargs)``: :func:`make_env`, an :class:`AllocationEnv` in
+  :class:`~nsr_gym.wrappers.EpisodeLength`, so ``env.spec.max_episode_steps`` is the episode's
+  length for the kwargs given (``n_phases * phase_length``, 600 for the defaults), and no
+  registered ``TimeLimit`` cuts a longer one (``gym.make(id, n_cycles=8)`` runs 1,200 steps).
+* ``gym.make_vec(id, num_envs=N)``: the registered ``vector_entry_point``
+  (:data:`VECTOR_ENTRY_POINT`, the batched env: ``N`` learners stepped in one pass; Gymnasium's
+  default mode when one is registered). ``vectorization_mode="sync"`` / ``"async"`` build ``N``
+  single envs instead; ``async`` workers are safe under every start method (``fork`` included,
+  see :mod:`nsr_gym.threads`).
+* ``action_masks()`` (sb3-contrib's convention) is the env's own method. Gymnasium 1.x wrappers do
+  not forward attributes, so through ``gym.make``'s wrappers, ``FlattenObservation`` or
+  ``Monitor`` it is reached the standard way: ``env.get_wrapper_attr("action_masks")()``, which is
+  what sb3-contrib's ``get_action_masks``, SB3's ``DummyVecEnv`` / ``SubprocVecEnv``
+  ``env_method("action_masks")`` and Gymnasium's ``SyncVectorEnv`` / ``AsyncVectorEnv``
+  ``call("action_masks")`` do. The same mask is ``info["action_mask"]`` at every reset and step,
+  for clients that read masks from the info (TorchRL's ``ActionMask``, Tianshou).
+* Paper-scale benchmarks (:data:`PAPER_BENCHMARKS`, torch only, local data) are registered once,
+  with neither an analytic twin nor a vector entry point.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import gymnasium as gym
 from gymnasium.envs.registration import register, registry
 
 from nsr_gym.envs.allocation import (
@@ -19,11 +52,13 @@ from nsr_gym.envs.allocation import (
     StepInfo,
 )
 from nsr_gym.envs.paper import PAPER_BENCHMARKS, make_paper_env
+from nsr_gym.wrappers import EpisodeLength
 
-ENTRY_POINT = "nsr_gym.envs.allocation:AllocationEnv"
+ENTRY_POINT = "nsr_gym.envs:make_env"
+VECTOR_ENTRY_POINT = "nsr_gym.envs.batched:make_batched_env"
 PAPER_ENTRY_POINT = "nsr_gym.envs.paper:make_paper_env"
-MERGED_ENTRY_POINT = "nsr_gym.envs:with_learner_defaults"
-BACKEND_ENTRY_POINT = "nsr_gym.envs:with_backend_learner_defaults"
+#: Suffix of a benchmark's analytic-backend id: ``nsr_gym/CyclicSplitDigitsAnalytic-v0``.
+ANALYTIC_SUFFIX = "Analytic"
 
 #: Registered benchmarks: id suffix -> kwargs of ``AllocationEnv``. Variants that differ only by
 #: numbers are registrations, not classes.
@@ -44,7 +79,7 @@ BENCHMARKS: dict[str, dict] = {
     # Split-Digits on a ViT-tiny-shaped backbone: 16 patches of 2x2 pixels, 12 frozen blocks,
     # LoRA on the top 2 blocks' qkv/proj/fc1/fc2. The fast torch path caches the activations
     # entering block 10, so only the adapted blocks run per step (`nsr-gym perf` measures it).
-    # gym.make(..., learner={...}) adds to these learner options (see with_learner_defaults).
+    # gym.make(..., learner={...}) adds to these learner options (see make_env).
     "CyclicSplitDigitsViT": dict(tasks="split_digits", n_tasks=5, schedule="cyclic",
                                  phase_length=30, n_cycles=4,
                                  learner_defaults=dict(backbone="vit")),
@@ -98,36 +133,31 @@ HARD_TRACK = ("LRUTrapSplitDigits", "SkewedRecurrencePermutedDigits",
               "AmbiguousRecallFiveDomains")
 
 
-def with_learner_defaults(learner_defaults: dict[str, Any], learner: dict[str, Any] | None = None,
-                          **kwargs: Any) -> AllocationEnv:
-    """An :class:`AllocationEnv` whose ``learner`` options start from ``learner_defaults``.
+def make_env(learner_defaults: dict[str, Any] | None = None,
+             backend_learner_defaults: dict[str, dict[str, Any]] | None = None,
+             backend: str = "torch", learner: dict[str, Any] | Any = None,
+             **kwargs: Any) -> gym.Env:
+    """The entry point of every offline id: an :class:`AllocationEnv` in
+    :class:`~nsr_gym.wrappers.EpisodeLength`.
 
-    The entry point of variants that differ in the learner (such as a backbone): ``gym.make``
-    replaces a registered keyword wholesale, so a user's ``learner={"lr": 1e-2}`` would
-    otherwise drop the variant's own options; here the user's are merged on top.
+    ``gym.make`` replaces a registered keyword wholesale, so a variant's learner options
+    (``learner_defaults``, such as a backbone; ``backend_learner_defaults[backend]``, options
+    that only one backend takes) are merged *under* the user's ``learner={...}`` here, instead of
+    being dropped by it. A ready :class:`~nsr_gym.learners.base.Learner` passed as ``learner``
+    is used as it is.
+
+    Args:
+        learner_defaults: Learner options of the variant, for either backend.
+        backend_learner_defaults: Backend name -> learner options of the variant on it.
+        backend: ``"torch"`` or ``"analytic"``.
+        learner: The user's learner options (or a ready learner).
+        **kwargs: Further :class:`AllocationEnv` arguments.
     """
-    return AllocationEnv(learner={**learner_defaults, **(learner or {})}, **kwargs)
-
-
-def with_backend_learner_defaults(backend_learner_defaults: dict[str, dict[str, Any]],
-                                  backend: str = "torch",
-                                  learner: dict[str, Any] | None = None,
-                                  **kwargs: Any) -> AllocationEnv:
-    """An :class:`AllocationEnv` whose ``learner`` options start from those of its backend.
-
-    The entry point of variants whose learner options differ by backend (a torch-only option
-    such as ``probe_size`` is refused by the analytic model, and the other way round):
-    ``backend_learner_defaults[backend]`` is merged under the user's ``learner`` options, as
-    :func:`with_learner_defaults` does for one set.
-    """
-    defaults = backend_learner_defaults.get(backend, {})
-    return AllocationEnv(backend=backend, learner={**defaults, **(learner or {})}, **kwargs)
-
-
-def _entry_point(kwargs: dict[str, Any]) -> str:
-    if "backend_learner_defaults" in kwargs:
-        return BACKEND_ENTRY_POINT
-    return MERGED_ENTRY_POINT if "learner_defaults" in kwargs else ENTRY_POINT
+    if learner is None or isinstance(learner, dict):
+        defaults = {**(learner_defaults or {}),
+                    **(backend_learner_defaults or {}).get(backend, {})}
+        learner = {**defaults, **(learner or {})}
+    return EpisodeLength(AllocationEnv(backend=backend, learner=learner, **kwargs))
 
 
 def env_id(benchmark: str) -> str:
@@ -135,20 +165,40 @@ def env_id(benchmark: str) -> str:
     return f"nsr_gym/{benchmark}-v0"
 
 
+def has_analytic_twin(benchmark: str) -> bool:
+    """Whether ``benchmark`` has an ``...Analytic-v0`` id: every offline benchmark except the
+    variants that differ only in the torch learner's backbone (``learner_defaults``)."""
+    return benchmark in BENCHMARKS and "learner_defaults" not in BENCHMARKS[benchmark]
+
+
+def analytic_env_id(benchmark: str) -> str:
+    """The analytic-backend id of a benchmark, e.g. ``nsr_gym/CyclicSplitDigitsAnalytic-v0``."""
+    if not has_analytic_twin(benchmark):
+        raise ValueError(f"{benchmark!r} has no analytic-backend id; pass backend='analytic' to "
+                         f"gym.make({env_id(benchmark)!r}) where it applies")
+    return env_id(benchmark + ANALYTIC_SUFFIX)
+
+
 def register_envs() -> None:
-    """Register every benchmark, offline (:data:`BENCHMARKS`) and paper-scale
-    (:data:`PAPER_BENCHMARKS`, which need ``data_root=...``); idempotent, so re-imports and
-    spawned workers are safe."""
-    for table, paper in ((BENCHMARKS, False), (PAPER_BENCHMARKS, True)):
-        for name, kwargs in table.items():
-            if env_id(name) in registry:
-                continue
-            entry_point = PAPER_ENTRY_POINT if paper else _entry_point(kwargs)
-            register(id=env_id(name), entry_point=entry_point, kwargs=dict(kwargs),
+    """Register every benchmark: offline (:data:`BENCHMARKS`, with their analytic twins and the
+    batched vector entry point) and paper-scale (:data:`PAPER_BENCHMARKS`, which need
+    ``data_root=...``); idempotent, so re-imports and spawned workers are safe."""
+    for name, kwargs in BENCHMARKS.items():
+        ids = {env_id(name): dict(kwargs)}
+        if has_analytic_twin(name):
+            ids[analytic_env_id(name)] = {**kwargs, "backend": "analytic"}
+        for eid, registered in ids.items():
+            if eid not in registry:
+                register(id=eid, entry_point=ENTRY_POINT, vector_entry_point=VECTOR_ENTRY_POINT,
+                         kwargs=registered, disable_env_checker=False)
+    for name, kwargs in PAPER_BENCHMARKS.items():
+        if env_id(name) not in registry:
+            register(id=env_id(name), entry_point=PAPER_ENTRY_POINT, kwargs=dict(kwargs),
                      disable_env_checker=False)
 
 
-__all__ = ["DROP", "AllocationEnv", "BENCHMARKS", "FRESH", "HARD_TRACK", "KEEP", "LOAD_OFFSET",
-           "PAPER_BENCHMARKS", "RESERVE_MODES", "RETENTION_MODES", "WRITE_OFFSET",
-           "RetentionInfo", "StepInfo", "env_id", "make_paper_env", "register_envs",
-           "with_backend_learner_defaults", "with_learner_defaults"]
+__all__ = ["ANALYTIC_SUFFIX", "DROP", "AllocationEnv", "BENCHMARKS", "ENTRY_POINT", "FRESH",
+           "HARD_TRACK", "KEEP", "LOAD_OFFSET", "PAPER_BENCHMARKS", "RESERVE_MODES",
+           "RETENTION_MODES", "VECTOR_ENTRY_POINT", "WRITE_OFFSET", "RetentionInfo", "StepInfo",
+           "analytic_env_id", "env_id", "has_analytic_twin", "make_env", "make_paper_env",
+           "register_envs"]

@@ -21,6 +21,7 @@ from gymnasium.error import ResetNeeded
 from nsr_gym import validation
 from nsr_gym.bank import BankEntry, TaskKnowledgeBank, check_bank_fits, env_geometry
 from nsr_gym.learners import AnalyticLearner, Learner, make_learner
+from nsr_gym.learners.base import UpdateReport
 from nsr_gym.learners.factory import BACKENDS
 from nsr_gym.streams import TaskStream, make_stream
 
@@ -82,6 +83,13 @@ class StepInfo(NamedTuple):
     reserve_skipped: int
     protected_tasks: int
 
+    @classmethod
+    def before_first_step(cls) -> StepInfo:
+        """The values ``reset``'s info carries, so that it has every key ``step``'s has (clients
+        such as TorchRL read a fixed set of keys): ``-1`` for the task, phase and step, ``nan``
+        for the loss, 0 elsewhere."""
+        return cls(-1, -1, -1, 0, 0, 0, 0, 0.0, 0.0, float("nan"), 0, 0, -1, 0.0, 0, 0)
+
 
 class RetentionInfo(NamedTuple):
     """What the retention part of a step did (``retention="agent"`` only): the keys ``step`` adds
@@ -98,6 +106,27 @@ class RetentionInfo(NamedTuple):
     retention: int
     stored_slot: int
     invalid_retention: int
+
+    @classmethod
+    def before_first_step(cls) -> RetentionInfo:
+        """``reset``'s values: nothing decided (``-1``), nothing stored, nothing invalid."""
+        return cls(-1, -1, 0)
+
+
+class _StepPlan(NamedTuple):
+    """A step up to its training: what :meth:`AllocationEnv._begin_step` decided, which
+    :meth:`AllocationEnv._finish_step` completes once the learner has trained and evaluated
+    ``task`` (by itself, or batched with other envs' learners)."""
+
+    action: int
+    task: int
+    phase: int
+    step_in_phase: int
+    switched: bool
+    invalid_load: bool
+    zero_shot: float
+    retained: RetentionInfo | None
+    written_over: int
 
 
 class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
@@ -196,14 +225,17 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
     of its own; wrap with ``TimeLimit`` as usual.
 
     ## Info
-    ``reset`` and ``step`` return the oracle's ground truth and the bank's size
-    (:meth:`_get_info`); ``step`` adds what the step did (:class:`StepInfo`): the task, phase and
-    visit, whether it switched, the accuracy before and after training, the loss, and at a phase
-    end what the reserve evicted or skipped. With ``retention="agent"`` it adds
-    :class:`RetentionInfo` (the retention applied and the slot written), and ``evicted_task``
-    (the owner of another task's entry that a write overwrote) comes at the step of the write.
-    :meth:`task_schedule` (the whole future stream) is privileged information for reference
-    agents such as the clairvoyant; it is in neither the observation nor the info.
+    ``reset`` and ``step`` return the same flat keys (:meth:`_get_info`): the bank's size, the
+    action mask, and what the step did (:class:`StepInfo`; at ``reset`` its
+    :meth:`~StepInfo.before_first_step` values): the task, phase and visit, whether it switched,
+    the accuracy before and after training, the loss, and at a phase end what the reserve
+    evicted or skipped. With ``retention="agent"`` also :class:`RetentionInfo` (the retention
+    applied and the slot written), and ``evicted_task`` (the owner of another task's entry that
+    a write overwrote) comes at the step of the write. ``task_id`` names the task *just*
+    trained, which every continual-learning metric needs; what the *coming* step trains is the
+    oracle's answer, privileged information for reference agents: :meth:`oracle_info` (in the
+    info only with ``privileged_info=True``) and :meth:`task_schedule` (the whole future
+    stream); neither is part of the observation.
 
     ## Arguments
     See ``__init__``. ``retention="agent"`` (with ``reserve="owner"``) makes retention part of
@@ -244,6 +276,7 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
         retention: str = "env",
         render_mode: str | None = None,
         capacity_bytes: int | None = None,
+        privileged_info: bool = False,
     ) -> None:
         """
         Args:
@@ -276,6 +309,11 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
                 by ``eviction`` as often as it takes (see ``nsr_gym.bank.TaskKnowledgeBank``).
                 Smaller entries (``learner={"payload_dtype": "auto"}``, lower SVD ranks) then
                 hold more tasks in the same bytes. Needs ``retention="env"``.
+            privileged_info: ``True`` adds the oracle's ground truth (``next_task_id``,
+                ``next_task_slot``) to every info, for reference agents and studies that
+                measure against it. Off by default, so that a client that feeds ``info`` to its
+                agent does not leak the task's identity; :meth:`oracle_info` reads the same
+                values on demand.
         """
         # ---- configuration
         if isinstance(learner, Learner) and n_tasks != learner.n_tasks:
@@ -303,6 +341,10 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
         self.reserve = reserve
         self.retention = retention
         self.render_mode = render_mode
+        if not isinstance(privileged_info, (bool, np.bool_)):
+            raise ValueError(f"invalid AllocationEnv configuration: privileged_info must be True "
+                             f"or False, got {privileged_info!r}")
+        self.privileged_info = bool(privileged_info)
         self.n_phases = self.n_tasks * self.n_cycles
         self.n_steps = self.n_phases * self.phase_length
 
@@ -377,29 +419,51 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
 
     def _get_info(self, step: StepInfo | None = None,
                   retained: RetentionInfo | None = None) -> dict[str, Any]:
-        """Flat, numeric, deterministic: ground truth for metrics and the oracle, never for agents.
+        """Flat, numeric, deterministic, the same keys after ``reset`` and every ``step``.
 
-        Keys: ``next_task_id`` (-1 once done), ``next_task_slot`` (the slot that task owns, or
-        -1; with ``retention="agent"``, before the pending write), ``next_is_phase_start``,
-        ``bank_entries``, ``bank_bytes``, ``action_mask``; then, after a step, those of ``step``
-        and (``retention="agent"``) of ``retained``.
+        Keys: ``next_is_phase_start``, ``bank_entries``, ``bank_bytes``, ``action_mask``; with
+        ``privileged_info=True`` the oracle's ground truth (:meth:`oracle_info`); then those of
+        ``step`` (:class:`StepInfo`; at ``reset``, :meth:`StepInfo.before_first_step`'s values)
+        and, with ``retention="agent"``, of ``retained`` (:class:`RetentionInfo`).
+
+        Every value has a dtype, as readers that batch infos into arrays want (TorchRL's
+        ``default_info_dict_reader`` reads ``value.dtype``): counts, ids and 0/1 flags are
+        ``np.int64``, accuracies and losses ``np.float64`` (a ``float``, exactly the value it
+        was), ``action_mask`` a bool array. ``np.int64`` is not an ``int``: JSON needs
+        ``int(value)``.
         """
         view = self.bank.view
         done = self._t >= self.n_steps
-        next_task = -1 if done else self._stream.task_at(self._t)
-        info = {
-            "next_task_id": next_task,
-            "next_task_slot": view.owner_slot.get(next_task, -1),
-            "next_is_phase_start": int(not done and self._t % self.phase_length == 0),
-            "bank_entries": view.entries,
-            "bank_bytes": view.nbytes,
+        info: dict[str, Any] = {
+            "next_is_phase_start": np.int64(not done and self._t % self.phase_length == 0),
+            "bank_entries": np.int64(view.entries),
+            "bank_bytes": np.int64(view.nbytes),
             "action_mask": self.action_masks(),
         }
-        if step is not None:
-            info.update(step._asdict())
-        if retained is not None:
-            info.update(retained._asdict())
+        parts: list[dict[str, Any]] = [(step or StepInfo.before_first_step())._asdict()]
+        if self.privileged_info:
+            parts.insert(0, self.oracle_info())
+        if self.retention == "agent":
+            parts.append((retained or RetentionInfo.before_first_step())._asdict())
+        integer = (int, np.integer, np.bool_)  # bool is an int; the rest are float or np.floating
+        for part in parts:
+            info.update({k: np.int64(v) if isinstance(v, integer) else np.float64(v)
+                         for k, v in part.items()})
         return info
+
+    def oracle_info(self) -> dict[str, int]:
+        """The oracle's ground truth before the coming step: ``next_task_id`` (the task it
+        trains, -1 once done) and ``next_task_slot`` (the slot that task owns, or -1; with
+        ``retention="agent"``, before the pending write).
+
+        Privileged information, as :meth:`task_schedule`: in the info only with
+        ``privileged_info=True``; an agent compared with the others must not read it.
+        """
+        if self._stream is None:
+            raise ResetNeeded("call reset() before oracle_info(): reset draws the stream")
+        next_task = -1 if self._t >= self.n_steps else self._stream.task_at(self._t)
+        return {"next_task_id": next_task,
+                "next_task_slot": self.bank.view.owner_slot.get(next_task, -1)}
 
     def action_masks(self) -> np.ndarray:
         """``(K + 2,)`` bool: keep and fresh always valid, ``load k`` only for occupied slots.
@@ -452,6 +516,16 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
              ) -> tuple[dict[str, np.ndarray], SupportsFloat, bool, bool, dict[str, Any]]:
         """(Retain,) allocate, train ``updates_per_step`` updates, evaluate; at a phase end,
         reserve."""
+        plan = self._begin_step(action)
+        report = self.learner.train(plan.task, self.updates_per_step)
+        reward, terminated, done, retained = self._finish_step(
+            plan, report, self.learner.evaluate(plan.task))
+        return self._get_obs(), reward, terminated, False, self._get_info(done, retained)
+
+    def _begin_step(self, action: Any) -> _StepPlan:
+        """The step before its training: check the action, (retain,) allocate, and measure the
+        chosen subspace's zero-shot accuracy. :class:`~nsr_gym.envs.batched.BatchedAllocationEnv`
+        calls it and :meth:`_finish_step` around one batched update of all its learners."""
         if self._stream is None or self._t >= self.n_steps:
             raise ResetNeeded("call reset() before step() (and after the episode terminated)")
         retained = None
@@ -473,10 +547,24 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
         switched, invalid_load = self._allocate(a)
         zero_shot = self._choose_subspace(task) if switched or step_in_phase == 0 \
             else self._last_acc
+        return _StepPlan(a, task, phase, step_in_phase, switched, invalid_load, zero_shot,
+                         retained, written_over)
 
-        # 2. training and evaluation
-        report = self.learner.train(task, self.updates_per_step)
-        acc = self.learner.evaluate(task)
+    def _finish_step(self, plan: _StepPlan, report: UpdateReport, acc: float,
+                     snapshot: tuple[dict[str, Any], float] | None = None
+                     ) -> tuple[float, bool, StepInfo, RetentionInfo | None]:
+        """The step after the learner trained ``plan.task`` (``report``) and evaluated it
+        (``acc``): the reward and the phase end's reserve. ``snapshot``: at a phase end,
+        ``learner.snapshot(plan.task)`` already taken (the batched env takes all its learners'
+        at once); ``None`` takes it here.
+
+        Returns:
+            ``(reward, terminated, what the step did, what its retention did)``, from which
+            :meth:`step` (or the batched env, for all its envs at once) makes the info.
+        """
+        # 2. the reward of what training reached
+        a, task, phase, step_in_phase, switched, invalid_load, zero_shot, retained, \
+            written_over = plan
         reward = self.acc_weight * acc - self.lambda_switch * float(switched)
         self._last_acc = acc
         self._t += 1
@@ -484,18 +572,18 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
         # 3. at the phase end: compress and reserve, then probe the next task
         phase_end = self._t % self.phase_length == 0
         self._task_shift = 0.0
-        evicted_task, gap, skipped = self._end_phase(task) if phase_end else (-1, 0.0, False)
+        evicted_task, gap, skipped = self._end_phase(task, snapshot) if phase_end \
+            else (-1, 0.0, False)
         evicted_task = max(evicted_task, written_over)  # one of them: an agent's env never evicts
         terminated = self._t >= self.n_steps
 
         visit = int(self._visits[task])
-        info = self._get_info(StepInfo(
-            task, phase, step_in_phase, visit, int(visit > 1), int(switched), int(invalid_load),
-            acc, zero_shot, report.loss, report.skipped, int(phase_end), evicted_task, gap,
-            int(skipped), len(self._protected)), retained)
+        done = StepInfo(task, phase, step_in_phase, visit, int(visit > 1), int(switched),
+                        int(invalid_load), acc, zero_shot, report.loss, report.skipped,
+                        int(phase_end), evicted_task, gap, int(skipped), len(self._protected))
         if self.render_mode == "ansi":
             self._last_render = self._render_line(a, task, acc, reward, retained)
-        return self._get_obs(), float(reward), bool(terminated), False, info
+        return float(reward), bool(terminated), done, retained
 
     def render(self) -> str | None:
         """``"ansi"``: one line for the last step (time, task, action, accuracy, reward, bank)."""
@@ -593,21 +681,25 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
         self.learner.protect(self._protected)
         return self.learner.evaluate(task)
 
-    def _end_phase(self, task: int) -> tuple[int, float, bool]:
-        """Reserve the subspace trained on ``task``, then probe the next task (if any).
+    def _end_phase(self, task: int, snapshot: tuple[dict[str, Any], float] | None = None
+                   ) -> tuple[int, float, bool]:
+        """Reserve the subspace trained on ``task`` (``snapshot``: its snapshot, if taken
+        already), then probe the next task (if any).
 
         Returns:
             ``(evicted task or -1, truncation gap, whether the reserve was skipped)``.
         """
-        evicted_task, gap, skipped = self._reserve(task)
+        evicted_task, gap, skipped = self._reserve(task, snapshot)
         if self._t < self.n_steps:
             new_embedding = self.learner.embed(self._stream.task_at(self._t))
             self._task_shift = _task_shift(self._embedding, new_embedding)
             self._embedding = new_embedding
         return evicted_task, gap, skipped
 
-    def _reserve(self, task: int) -> tuple[int, float, bool]:
-        """Compress the active subspace and reserve it (by the ``reserve`` mode).
+    def _reserve(self, task: int, snapshot: tuple[dict[str, Any], float] | None = None
+                 ) -> tuple[int, float, bool]:
+        """Compress the active subspace (unless ``snapshot`` is its compressed snapshot already)
+        and reserve it (by the ``reserve`` mode).
 
         Returns:
             ``(evicted task or -1, eps, skipped)``; a non-finite subspace never reaches the bank
@@ -617,7 +709,7 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
             self._active_served.append(task)
         self._task_keys[task] = self._embedding
         try:
-            payload, gap = self.learner.snapshot(task)
+            payload, gap = self.learner.snapshot(task) if snapshot is None else snapshot
         except ValueError as err:  # compress_lora refuses NaN/inf factors; anything else is a bug
             if "finite" not in str(err):
                 raise

@@ -220,14 +220,28 @@ class FlatAdam:
         self.lr, self.betas, self.eps = float(lr), betas, float(eps)
         self._bind()
 
-    def _bind(self) -> None:
-        """Move the parameters' storage into fresh flat buffers (values kept)."""
+    @property
+    def numel(self) -> int:
+        """Elements of the flat buffer: every trainable parameter's, in order."""
+        return sum(p.numel() for p in self.params)
+
+    def _bind(self, rows: tuple[torch.Tensor, ...] | None = None) -> None:
+        """Move the parameters' storage into flat buffers (values kept): fresh ones, or
+        ``rows``, four ``(numel,)`` views ``(flat, grad, exp_avg, exp_avg_sq)`` into buffers
+        shared with other learners (:class:`~nsr_gym.learners.batched.BatchedTorchLearner`
+        updates them all at once); the moments are copied over."""
         p0 = self.params[0]
-        n = sum(p.numel() for p in self.params)
-        self.flat = torch.empty(n, dtype=p0.dtype, device=p0.device)
-        self.grad = torch.zeros_like(self.flat)
-        self.exp_avg = torch.zeros_like(self.flat)
-        self.exp_avg_sq = torch.zeros_like(self.flat)
+        if rows is None:
+            self.flat = torch.empty(self.numel, dtype=p0.dtype, device=p0.device)
+            self.grad = torch.zeros_like(self.flat)
+            self.exp_avg = torch.zeros_like(self.flat)
+            self.exp_avg_sq = torch.zeros_like(self.flat)
+        else:
+            flat, grad, exp_avg, exp_avg_sq = rows
+            if getattr(self, "exp_avg", None) is not None:
+                exp_avg.copy_(self.exp_avg)
+                exp_avg_sq.copy_(self.exp_avg_sq)
+            self.flat, self.grad, self.exp_avg, self.exp_avg_sq = flat, grad, exp_avg, exp_avg_sq
         self._denom = torch.empty_like(self.flat)
         self._grad_views = []
         offset = 0
@@ -238,7 +252,15 @@ class FlatAdam:
                 p.data = view
                 self._grad_views.append(self.grad[offset: offset + p.numel()].view_as(p))
                 offset += p.numel()
-        self.steps = 0
+        if rows is None:
+            self.steps = 0
+
+    def bind_rows(self, flat: torch.Tensor, grad: torch.Tensor, exp_avg: torch.Tensor,
+                  exp_avg_sq: torch.Tensor) -> None:
+        """Re-point the parameters, gradients and moments into rows of shared buffers, values
+        and step count kept (see :meth:`_bind`); views of the parameters taken before (such as
+        :class:`FastForward`'s) must be rebuilt afterwards."""
+        self._bind((flat, grad, exp_avg, exp_avg_sq))
 
     def reset(self) -> None:
         """Forget the moments (a new subspace: the old estimates mean nothing for it)."""

@@ -377,6 +377,10 @@ class PretrainedLearner(TorchLearner):
         config: Settings.
     """
 
+    #: ViT-B/16 and ResNet-18 kernels are large enough for torch's intra-op threads to pay: the
+    #: env's one-thread policy (:mod:`nsr_gym.threads`) leaves this learner at torch's own count.
+    own_threads = True
+
     def __init__(self, tasks: list[Task], config: PretrainedConfig | None = None) -> None:
         self.pretrained_config = pcfg = config or PretrainedConfig()
         check_pretrained_config(pcfg)

@@ -77,6 +77,7 @@ from nsr_gym.learners.config import (
     setting,
 )
 from nsr_gym.learners.fast import FastForward, FlatAdam
+from nsr_gym.threads import single_threaded
 
 #: Options that only describe the torch learner's network. The analytic backend ignores them, so
 #: a registered backbone variant (e.g. ``CyclicSplitDigitsViT``) runs on both backends.
@@ -210,10 +211,18 @@ class TorchLearner(Learner):
     ``config.fast`` picks the fast path or the ``peft`` reference path (same function, same
     parameters, same random draws).
 
+    Every public method (and a subclass's override of one) runs under the env's thread policy
+    (:mod:`nsr_gym.threads`): one torch intra-op thread by default, always one in a forked
+    worker, and the caller's count restored on return.
+
     Args:
         tasks: The benchmark's tasks; all must share ``input_dim``.
         config: Backend settings.
     """
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        _apply_thread_policy(cls)
 
     def __init__(self, tasks: list[Task], config: TorchLearnerConfig | None = None) -> None:
         self.config = cfg = config or TorchLearnerConfig()
@@ -569,6 +578,23 @@ class TorchLearner(Learner):
         self._features.clear()
         if self.config.fast:
             self._cache.clear()
+
+
+#: The learner's entry points, each run under :func:`nsr_gym.threads.single_threaded` (the
+#: private helpers run inside them).
+_THREADED = ("__init__", "reset", "fresh", "load", "snapshot", "protect", "train", "evaluate",
+             "embed")
+
+
+def _apply_thread_policy(cls: type) -> None:
+    """Wrap the :data:`_THREADED` methods ``cls`` defines itself (inherited ones already are)."""
+    for name in _THREADED:
+        method = cls.__dict__.get(name)
+        if method is not None and not getattr(method, "__wrapped_by_env_threads__", False):
+            setattr(cls, name, single_threaded(method))
+
+
+_apply_thread_policy(TorchLearner)
 
 
 def half_payload(payload: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:

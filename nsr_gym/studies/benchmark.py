@@ -318,14 +318,16 @@ def agent_env_kwargs(policies: list[Any], env_kwargs: dict[str, Any], env: Any
     Args:
         policies: The built agents.
         env_kwargs: The run's keywords.
-        env: The run's env (unwrapped), for its capacity and number of tasks.
+        env: The run's env (unwrapped), for its retention mode (when ``env_kwargs`` does not
+            set it), capacity and number of tasks.
 
     Raises:
         ValueError: naming the flag to pass, for an agent that decides retention on an env that
             does (``retention="env"``), and for the clairvoyant on one whose bank is smaller
             than the stream.
     """
-    mode, out, problems = env_kwargs.get("retention", "env"), [], []
+    # The env's own mode: a registration (the hard track's LRUTrapSplitDigits) may set it.
+    mode, out, problems = getattr(env, "retention", env_kwargs.get("retention", "env")), [], []
     for policy in policies:
         need = retention_need(policy)
         if mode == "env" and need == "agent":

@@ -170,7 +170,7 @@ def _episode(env: Any, policy: Any, seed: int) -> pd.DataFrame:
         # ``info`` and the bank are as the previous step left them: was its task stored?
         if previous and info["phase_end"] and bank.slot_of_owner(previous[-1]) is not None:
             stored.add(previous[-1])
-        task = int(info["next_task_id"])
+        task = int(env.unwrapped.oracle_info()["next_task_id"])
         statuses.append("retained" if bank.slot_of_owner(task) is not None
                         else "evicted" if task in stored else "never stored")
         previous.append(task)

@@ -21,11 +21,12 @@ carries as ``bank_inf_return``.
 
 A *hit* (:class:`HitCounter`) is a revisit phase whose first step loads the task's own entry:
 the step's allocation is ``LOAD k`` of an occupied slot ``k`` and, after that step's retention
-write, slot ``k`` holds an entry owned by the phase's task. From the ``info`` returned before the
-step and the action: without a write into ``k``, ``k == info["next_task_slot"]`` (the oracle's
-ground truth, the bank before the write); when ``a[1] = 1 + k`` writes the pending entry into
-``k`` (``obs["pending"] = 1``), the pending entry's owner (the previous phase's task) is the
-phase's task. A KEEP of an entry that is already active is not a load and not a hit.
+write, slot ``k`` holds an entry owned by the phase's task. From the ground truth before the
+step (``env.unwrapped.oracle_info()``) and the action: without a write into ``k``,
+``k == next_task_slot`` (the oracle's ground truth, the bank before the write); when
+``a[1] = 1 + k`` writes the pending entry into ``k`` (``obs["pending"] = 1``), the pending
+entry's owner (the previous phase's task) is the phase's task. A KEEP of an entry that is
+already active is not a load and not a hit.
 ``hits_per_cycle`` is hits over ``n_phases / M``; Belady's MIN with bypass on the schedule
 (:func:`nsr_gym.theory.belady_bypass_hits`) bounds it for every agent.
 
@@ -111,7 +112,8 @@ class HitCounter:
     """A ``before_step`` hook of :func:`nsr_gym.agents.rollout` that counts hits (module
     docstring): revisit phases whose first step loads the task's own entry."""
 
-    def __init__(self) -> None:
+    def __init__(self, env: Any) -> None:
+        self.env = env.unwrapped  # the ground truth is privileged: read from the env, not info
         self.hits = self.revisits = 0
         self._seen: set[int] = set()
         self._previous = -1
@@ -119,14 +121,15 @@ class HitCounter:
     def __call__(self, obs: dict[str, np.ndarray], info: dict[str, Any], action: Any) -> None:
         if not info["next_is_phase_start"]:
             return
-        task, a = int(info["next_task_id"]), np.asarray(action).reshape(-1)
+        truth = self.env.oracle_info()
+        task, a = int(truth["next_task_id"]), np.asarray(action).reshape(-1)
         if task in self._seen:
             self.revisits += 1
-            self.hits += self._loads_own(obs, info, a, task)
+            self.hits += self._loads_own(obs, truth, a, task)
         self._seen.add(task)
         self._previous = task
 
-    def _loads_own(self, obs: dict[str, np.ndarray], info: dict[str, Any], a: np.ndarray,
+    def _loads_own(self, obs: dict[str, np.ndarray], truth: dict[str, int], a: np.ndarray,
                    task: int) -> bool:
         k = int(a[0]) - LOAD_OFFSET
         if k < 0:
@@ -134,7 +137,7 @@ class HitCounter:
         pending = "pending" in obs and obs["pending"][0] > 0
         if pending and len(a) > 1 and int(a[1]) - WRITE_OFFSET == k:
             return self._previous == task
-        return bool(obs["occupied"][k] > 0) and k == int(info["next_task_slot"])
+        return bool(obs["occupied"][k] > 0) and k == int(truth["next_task_slot"])
 
 
 def closed_form_setting(backend: str, setting: dict[str, Any]) -> tuple[Any, list[str]]:
@@ -181,15 +184,15 @@ def capacity_unit(unit: Unit) -> dict[str, Any]:
     """
     from nsr_gym.agents import make_agent, rollout
     from nsr_gym.studies.benchmark import cached_env
-    from nsr_gym.studies.threads import torch_threads
     from nsr_gym.theory import belady_bypass_hits
+    from nsr_gym.threads import torch_threads
 
     s = unit.setting
     with torch_threads(1):
         t0 = time.perf_counter()
         env = cached_env(s["env_id"], s["env_kwargs"])
         policy = make_agent(s["spec"], **s["spec_kwargs"])
-        hits = HitCounter()
+        hits = HitCounter(env)
         log = rollout(env, policy, unit.seed, agent_name=unit.agent, before_step=hits)
         wall = time.perf_counter() - t0
     u = env.unwrapped

@@ -284,8 +284,8 @@ def _markdown(summary: pd.DataFrame, clair: pd.DataFrame, theorem: pd.DataFrame,
         "regret_bank_inf: against B_inf (the oracle with one slot per task, keeping at first "
         "visits). hits_per_cycle: revisit phases whose first step loads the task's own entry "
         "(a LOAD of slot k that, after the step's retention write, holds an entry of the "
-        "phase's task: k = info['next_task_slot'] before the step, or the slot the step wrote "
-        "the pending entry into when that entry is the task's), per M phases; belady_bound: "
+        "phase's task: k = oracle_info()['next_task_slot'] before the step, or the slot the step "
+        "wrote the pending entry into when that entry is the task's), per M phases; belady_bound: "
         "Belady's MIN with bypass on the same schedule and K, the most any policy can hit.", "",
         markdown_table(table, floatfmt=".2f"), "",
         "## The clairvoyant", "",

@@ -36,6 +36,7 @@ import pandas as pd
 from nsr_gym.agents.evaluation import rollout
 from nsr_gym.agents.sb3_policy import SB3Policy, load_sb3_policy
 from nsr_gym.agents.train import TrainConfig, full_env_id, obs_layout, train
+from nsr_gym.jsonio import JsonFileError, read_json
 from nsr_gym.studies.controller_tables import MEMORYLESS
 
 #: Training seed of study seed ``s``: ``TRAIN_SEED_OFFSET + s``.
@@ -154,7 +155,8 @@ def _done(tc: TrainConfig) -> bool:
     path = Path(tc.out) / "config.json"
     if not path.exists() or not (Path(tc.out) / "model.zip").exists():
         return False
-    return json.loads(path.read_text()).get("settings") == json.loads(json.dumps(asdict(tc)))
+    settings = read_json(path, what="training config").get("settings")
+    return settings == json.loads(json.dumps(asdict(tc)))
 
 
 def training_wall_times(configs: list[TrainConfig]) -> dict[str, float]:
@@ -163,7 +165,11 @@ def training_wall_times(configs: list[TrainConfig]) -> dict[str, float]:
     for tc in configs:
         path = Path(tc.out) / "config.json"
         if path.exists():
-            out[str(Path(tc.out))] = json.loads(path.read_text())["wall_time_s"]
+            wall = read_json(path, what="training config").get("wall_time_s")
+            if type(wall) not in (int, float):
+                raise JsonFileError(path, f"wall_time_s is {wall!r:.60}, not a number",
+                                    what="training config")
+            out[str(Path(tc.out))] = wall
     return out
 
 

@@ -11,7 +11,6 @@ and ``manifest.json`` (tables: :mod:`nsr_gym.studies.controller_tables`).
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -23,6 +22,7 @@ from nsr_gym import metrics
 from nsr_gym.agents import make_agent
 from nsr_gym.agents.train import ALGOS, load_hyperparams
 from nsr_gym.atomic import atomic_path, atomic_write_text
+from nsr_gym.jsonio import read_json
 from nsr_gym.results import (
     command_line,
     manifest,
@@ -61,7 +61,7 @@ def run_study(cfg: StudyConfig, *, benchmark: bool = True, rerun_benchmark: bool
     # ---- 1. the benchmark, alone on the machine: time to within 5% of the rule --------------
     bench_path = out / "benchmark.json"
     bench = (
-        json.loads(bench_path.read_text())
+        read_json(bench_path, what="benchmark file")
         if bench_path.exists() and not rerun_benchmark
         else None
     )

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from nsr_gym.executors import Sweep
+from nsr_gym.jsonio import read_json
 from nsr_gym.studies import regret as rg
 
 
@@ -106,7 +107,7 @@ def setting_of(source: Path, wide: pd.DataFrame, lam: float | None) -> dict[str,
     folder = source if source.is_dir() else source.parent
     kw: dict[str, Any] = {}
     if (folder / "manifest.json").exists():
-        kw = json.loads((folder / "manifest.json").read_text()).get("env_kwargs", {})
+        kw = read_json(folder / "manifest.json", what="results manifest").get("env_kwargs", {})
     one = wide[(wide["agent"] == wide["agent"].iloc[0]) & (wide["seed"] == wide["seed"].iloc[0])]
     M = int(kw.get("n_tasks", wide["task_id"].nunique()))
     L = int(kw.get("phase_length", wide["length"].iloc[0]))

@@ -13,13 +13,14 @@ keep-current's revisit starts, by visit, logged and modelled).
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from nsr_gym.jsonio import read_json
 
 BLIND = ("fixed-slot", "random-slot")
 WITHIN = 0.10
@@ -77,8 +78,8 @@ def _capacity(model: Any, folder: Path) -> dict[str, Any]:
     """One ``nsr-gym regret --capacity`` folder: logged slopes against B_inf and predicted."""
     from nsr_gym.theory.negative_transfer import AGENTS, predicted_slopes
 
-    meta = json.loads((folder / "manifest.json").read_text())
-    verdicts = json.loads((folder / "verdicts.json").read_text())
+    meta = read_json(folder / "manifest.json", what="results manifest")
+    verdicts = read_json(folder / "verdicts.json", what="regret verdicts file")
     st = verdicts["setting"]
     agents = tuple(a for a in AGENTS if a in verdicts["policies"])
     pred = predicted_slopes(model, st["M"], st["L"], st["C"], st["lambda"], agents, K=st["K"],

@@ -6,12 +6,13 @@ revisit family's ``A[visit, task]`` (from ``phases.csv``) and the standard ``R[p
 around task switches and bank memory against tasks seen (from the step logs; the
 curves are also written as CSV next to the figures). Over all benchmarks
 (:func:`plot_performance_profiles`): rliable's performance profiles of the normalized scores,
-with 95% stratified-bootstrap bands. rliable is a test extra: without it that figure is skipped
-with a note.
+with 95% stratified-bootstrap bands, per track (standard, hard) and backend. rliable is a test
+extra: without it that figure is skipped with a note.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -165,6 +166,8 @@ def plot_result(res: dict[str, Any], out: Path, caption: str) -> list[Path]:
     from nsr_gym.results import write_csv
 
     name = f"{res['benchmark']}" + ("" if res["backend"] == "torch" else f"-{res['backend']}")
+    if res.get("setting"):  # a non-default setting of the benchmark: its own file names
+        name += "-" + re.sub(r"[^A-Za-z0-9_.=-]+", "-", res["setting"]).strip("-")
     written = []
     if res["phases"] is not None:
         written.append(out / f"{name}_accuracy_matrix.png")
@@ -224,14 +227,15 @@ def rliable_bootstrap(seed: int = 0) -> Iterator[Any]:
 def profile_scores(scores: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
     """Per backend, agent -> ``(seeds, benchmarks)`` normalized scores, as rliable takes them.
 
-    Only finite scores count; an agent's matrix keeps the benchmarks it has scores on and the
-    seeds every one of those benchmarks has.
+    Only finite scores count; an agent's matrix keeps the benchmarks (with their ``setting``,
+    where the scores have one) it has scores on and the seeds every one of those benchmarks has.
     """
     out: dict[str, dict[str, np.ndarray]] = {}
+    columns = ["benchmark", "setting"] if "setting" in scores else "benchmark"
     for backend, b in scores[np.isfinite(scores["normalized"])].groupby("backend", sort=False):
         per_agent = {}
         for agent, g in b.groupby("agent", sort=False):
-            mat = g.pivot_table(index="seed", columns="benchmark", values="normalized").dropna()
+            mat = g.pivot_table(index="seed", columns=columns, values="normalized").dropna()
             if mat.size:
                 per_agent[agent] = mat.to_numpy(dtype=np.float64)
         if per_agent:
@@ -239,9 +243,16 @@ def profile_scores(scores: pd.DataFrame) -> dict[str, dict[str, np.ndarray]]:
     return out
 
 
+#: Per track: the normalized score's 1 (the x label) and the figure's file-name part.
+TRACK_PROFILES = {"standard": ("the oracle; the clairvoyant where capacity binds", ""),
+                  "hard": ("the clairvoyant", "-hard")}
+
+
 def plot_performance_profiles(scores: pd.DataFrame, out: Path, caption: str,
                               n_boot: int = N_BOOT) -> list[Path]:
-    """rliable's performance profiles of the normalized scores, one figure per backend.
+    """rliable's performance profiles of the normalized scores, one figure per track and
+    backend (``performance_profile[-hard][-<backend>].png``; scores without a ``track``
+    column are the standard track's).
 
     ``library.create_performance_profile`` (the fraction of runs whose normalized score exceeds
     each ``tau``, with 95% stratified-bootstrap bands over ``n_boot`` resamples) drawn by
@@ -257,11 +268,24 @@ def plot_performance_profiles(scores: pd.DataFrame, out: Path, caption: str,
         The paths written.
     """
     try:
-        from rliable import plot_utils
+        import rliable  # noqa: F401 - a test extra: checked before any figure is started
     except ImportError:
         print("note: rliable is not installed (pip install 'nsr-gym[test]'); skipping the "
               "performance-profile plot")
         return []
+    written = []
+    tracks = scores["track"] if "track" in scores else pd.Series("standard", index=scores.index)
+    for track, (one, suffix) in TRACK_PROFILES.items():
+        written += _track_profiles(scores[tracks == track], out, caption, n_boot,
+                                   f"{track} track", one, suffix)
+    return written
+
+
+def _track_profiles(scores: pd.DataFrame, out: Path, caption: str, n_boot: int, label: str,
+                    one: str, suffix: str) -> list[Path]:
+    """The performance-profile figures of one track's scores (one per backend)."""
+    from rliable import plot_utils
+
     plt = _pyplot()
     written = []
     for backend, score_dict in profile_scores(scores).items():
@@ -273,13 +297,13 @@ def plot_performance_profiles(scores: pd.DataFrame, out: Path, caption: str,
         fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
         plot_utils.plot_performance_profiles(
             profiles, tau, performance_profile_cis=cis, ax=ax,
-            xlabel=r"normalized score $\tau$ (0 = best memoryless, 1 = oracle)",
+            xlabel=rf"normalized score $\tau$ (0 = best memoryless, 1 = {one})",
             ylabel=r"fraction of runs with score $> \tau$", labelsize="medium",
             ticklabelsize="small")
         ax.legend(fontsize=8, loc="lower left")
-        name = "performance_profile" + ("" if backend == "torch" else f"-{backend}")
-        fig.suptitle(f"performance profiles over every (benchmark, seed) run, {backend} "
-                     f"backend\n{caption}", fontsize=8)
+        name = "performance_profile" + suffix + ("" if backend == "torch" else f"-{backend}")
+        fig.suptitle(f"performance profiles over every (benchmark, seed) run, {label}, "
+                     f"{backend} backend\n{caption}", fontsize=8)
         written.append(out / f"{name}.png")
         fig.savefig(written[-1], dpi=110)
         plt.close(fig)

@@ -283,3 +283,74 @@ def batched_throughput(batch_sizes: Sequence[int] = (1, 100, 1000, 10000),
             rows.append({"policy": policy, "runs_at_once": b, "steps_per_s_cpu": steps / t.cpu_s,
                          "steps_per_s_wall": steps / t.wall_s})
     return pd.DataFrame(rows)
+
+
+# ----------------------------------------------------------------------------- batched vector env
+
+
+def _action_stream(n_actions: int, switch_p: float, seed: int, size: int = 4096) -> np.ndarray:
+    """Keep with probability ``1 - switch_p``, else fresh or a load uniformly (as
+    :func:`env_steps_per_second`'s stream)."""
+    rng = np.random.default_rng(seed)
+    return np.where(rng.random(size) < switch_p, rng.integers(1, n_actions, size), 0)
+
+
+def vector_env_throughput(benchmark: str = "CyclicSplitDigits",
+                          num_envs: Sequence[int] = (1, 4, 16, 64, 256), n_steps: int = 600,
+                          repeats: int = 3, switch_p: float = 0.1, seed: int = 0,
+                          device: str = "cpu", loop_max: int = 64) -> pd.DataFrame:
+    """Env steps per second of the batched vector env against ``N`` single envs in a loop.
+
+    For each ``N``: ``gym.make_vec(id, N, vectorization_mode="vector_entry_point")`` stepped
+    ``n_steps`` times (``N * n_steps`` env steps), and, in the same run, ``N`` envs of
+    ``gym.make(id)`` each stepped ``n_steps`` times in a Python loop with the same action
+    streams (invalid loads keep, in both). The loop is measured up to ``N = loop_max``; above
+    it its per-env rate is the one at ``loop_max`` (the loop's cost is linear in ``N``).
+
+    Returns:
+        One row per ``N``: ``steps_per_s_{cpu,wall}`` of the batch and of the loop, and their
+        ratio ``speedup_{cpu,wall}``.
+    """
+    import gymnasium as gym
+
+    import nsr_gym
+
+    env_name = nsr_gym.env_id(benchmark)
+    learner = {"device": device}
+    rows, loop_rate = [], None
+    for n in num_envs:
+        vec = gym.make_vec(env_name, num_envs=n, vectorization_mode="vector_entry_point",
+                           learner=learner)
+        n_actions = int(vec.single_action_space.n)
+        streams = np.stack([_action_stream(n_actions, switch_p, seed + i) for i in range(n)], 1)
+
+        def run_batch(vec=vec, streams=streams) -> None:
+            _, info = vec.reset(seed=seed)
+            for t in range(n_steps):
+                a = streams[t % len(streams)]
+                a = np.where(info["action_mask"][np.arange(len(a)), a], a, 0)
+                _, _, terminated, _, info = vec.step(a)
+
+        batch = measure(run_batch, repeats=repeats, warmup=1)
+        vec.close()
+        measured = n <= loop_max or loop_rate is None
+        if measured:  # a loop of single envs has one env's throughput, whatever N
+            envs = [gym.make(env_name, learner=learner) for _ in range(n)]
+
+            def run_loop(envs=envs, streams=streams) -> None:
+                for i, env in enumerate(envs):
+                    _rollout(env, n_steps, streams[:, i].tolist(), seed + i)
+
+            loop = measure(run_loop, repeats=repeats, warmup=1)
+            for env in envs:
+                env.close()
+            loop_rate = (n * n_steps / loop.cpu_s, n * n_steps / loop.wall_s)
+        total = n * n_steps
+        row = {"benchmark": benchmark, "num_envs": n, "device": device,
+               "steps_per_s_cpu": total / batch.cpu_s, "steps_per_s_wall": total / batch.wall_s,
+               "loop_steps_per_s_cpu": loop_rate[0], "loop_steps_per_s_wall": loop_rate[1],
+               "loop_measured": measured}
+        row["speedup_cpu"] = row["steps_per_s_cpu"] / row["loop_steps_per_s_cpu"]
+        row["speedup_wall"] = row["steps_per_s_wall"] / row["loop_steps_per_s_wall"]
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -18,7 +18,7 @@ import pandas as pd
 from nsr_gym.atomic import atomic_write_text
 from nsr_gym.results import command_line, manifest, markdown_table, write_csv, write_json
 from nsr_gym.studies import perf
-from nsr_gym.studies.threads import limited_threads
+from nsr_gym.threads import limited_threads
 
 #: Targets of issue 6: (figure, threshold, unit) per check.
 TARGETS = {
@@ -28,6 +28,9 @@ TARGETS = {
     "compression_speedup_r16": 100.0,
     "recall_ms_1e5": 5.0,
     "recall_ms_1e6": 50.0,
+    # issue 14: the batched vector env at N = 16 on CyclicSplitDigits
+    "vector_steps_per_s_n16": 10000.0,
+    "vector_speedup_n16": 4.0,
 }
 
 
@@ -49,12 +52,14 @@ def _settings(quick: bool) -> dict:
         return dict(repeats=2, steps={"CyclicSplitDigits": 40, "CyclicSplitDigitsViT": 4},
                     analytic_steps=400, ranks=(16,), dense_repeats=1, recall_sizes=(10**3, 10**4),
                     recall_768=(10**3,), bytes_ranks=(4,), rank_scaling=(4,), rank_updates=20,
-                    task_scaling=(5,), task_steps=200, batch=(1, 100))
+                    task_scaling=(5,), task_steps=200, batch=(1, 100), vector=(1, 4),
+                    vector_steps=20)
     return dict(repeats=5, steps={"CyclicSplitDigits": 600, "CyclicSplitDigitsViT": 150},
                 analytic_steps=6000, ranks=(4, 8, 16, 32, 64), dense_repeats=3,
                 recall_sizes=(10**3, 10**4, 10**5, 10**6), recall_768=(10**3, 10**4, 10**5),
                 bytes_ranks=(2, 4, 8, 16), rank_scaling=(2, 4, 8, 16, 32), rank_updates=300,
-                task_scaling=(5, 20, 80), task_steps=3000, batch=(1, 100, 1000, 10000))
+                task_scaling=(5, 20, 80), task_steps=3000, batch=(1, 100, 1000, 10000),
+                vector=(1, 4, 16, 64, 256), vector_steps=600)
 
 
 def _check(name: str, cpu: float, wall: float, lower_is_better: bool = False) -> dict:
@@ -101,7 +106,8 @@ def _ratios(throughput: pd.DataFrame, batched: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _targets(throughput: pd.DataFrame, comp: pd.DataFrame, recall: pd.DataFrame) -> pd.DataFrame:
+def _targets(throughput: pd.DataFrame, comp: pd.DataFrame, recall: pd.DataFrame,
+             vector: pd.DataFrame) -> pd.DataFrame:
     vit, digits, clocks = "CyclicSplitDigitsViT", "CyclicSplitDigits", ("cpu", "wall")
     rate = {c: (lambda b, p, c=c: _rate(throughput, b, p, f"steps_per_s_{c}")) for c in clocks}
     checks = [_check("torch_steps_per_s", *(rate[c](digits, FAST) for c in clocks)),
@@ -117,6 +123,13 @@ def _targets(throughput: pd.DataFrame, comp: pd.DataFrame, recall: pd.DataFrame)
         if n in rec.index:
             checks.append(_check(name, float(rec.recall_ms[n]), float(rec.recall_ms_wall[n]),
                                  lower_is_better=True))
+    n16 = vector[vector.num_envs == 16]
+    if len(n16):
+        row = n16.iloc[0]
+        checks.append(_check("vector_steps_per_s_n16", float(row.steps_per_s_cpu),
+                             float(row.steps_per_s_wall)))
+        checks.append(_check("vector_speedup_n16", float(row.speedup_cpu),
+                             float(row.speedup_wall)))
     return pd.DataFrame(checks)
 
 
@@ -158,6 +171,12 @@ def _perf(out: Path, quick: bool, device: str, threads: int) -> str:
     throughput = pd.concat(frames, ignore_index=True)
     batched = perf.batched_throughput(s["batch"], repeats=max(1, s["repeats"] // 2))
     say(f"batched analytic: {batched.steps_per_s_cpu.max():.0f} steps/s (cpu) at best")
+    vector = perf.vector_env_throughput("CyclicSplitDigits", s["vector"],
+                                        n_steps=s["vector_steps"],
+                                        repeats=max(1, s["repeats"] // 2), device=device)
+    say("batched vector env: " + ", ".join(
+        f"N={r.num_envs} {r.steps_per_s_cpu:.0f}/s ({r.speedup_cpu:.1f}x)"
+        for r in vector.itertuples()))
 
     # ---- bank: compression and recall -----------------------------------------------------------
     comp = perf.compression(768, s["ranks"], repeats=s["repeats"], dense_repeats=s["dense_repeats"])
@@ -179,10 +198,10 @@ def _perf(out: Path, quick: bool, device: str, threads: int) -> str:
                     device=device, cpu_model=_cpu_model(),
                     load_avg_before=load_before, load_avg_after=perf.machine_load())
     tables = {"throughput": throughput, "ratios": _ratios(throughput, batched),
-              "batched": batched,
+              "batched": batched, "vector_env": vector,
               "compression": comp, "recall": recall, "bytes_per_task": sizes,
               "rank_scaling": by_rank, "task_scaling": by_tasks,
-              "targets": _targets(throughput, comp, recall)}
+              "targets": _targets(throughput, comp, recall, vector)}
     for name, frame in tables.items():
         write_csv(out / f"{name}.csv", frame)
     write_json(out / "manifest.json", meta)
@@ -224,6 +243,16 @@ def _summary(meta: dict, t: dict[str, pd.DataFrame]) -> str:
         "## Batched analytic sweeps (`nsr_gym.studies.analytic_sweep.simulate_analytic`: B seeds "
         "at once, numpy over runs; equal to the env run by run, `tests/test_perf_batched.py`)",
         markdown_table(t["batched"], ".0f"),
+        "## The batched vector env (issue 14: `gym.make_vec(id, N, "
+        "vectorization_mode=\"vector_entry_point\")` on CyclicSplitDigits, torch backend, "
+        f"device {meta['device']})",
+        markdown_table(t["vector_env"], ".4g"),
+        "`steps_per_s` counts env steps of all N envs; `loop_steps_per_s` is N single envs of "
+        "`gym.make` stepped one after another in a Python loop with the same action streams, "
+        "measured in the same run (`loop_measured = False`: above N = 64 the loop's rate at "
+        "N = 64 is reused, a loop's throughput does not depend on N); `speedup` is their "
+        "ratio. Equal to the single env step for step: `tests/test_batched_env.py`."
+        + ("" if meta["device"] == "cuda" else " No GPU rows: this run had no CUDA device."),
         "## Compression at d = 768 (truncating a rank-r LoRA to r/2), QR + r x r SVD vs dense SVD",
         markdown_table(comp, ".4g"),
         "## Top-1 recall latency (exact: one matrix-vector product and an argmax; unbatched, "

@@ -38,7 +38,7 @@ from nsr_gym import weights
 from nsr_gym.atomic import atomic_write_text
 from nsr_gym.data_mnist1d import PRETRAIN_SAMPLES, PRETRAIN_SEED, SIGNAL_LENGTH, pretrain_split
 from nsr_gym.results import command_line, manifest, markdown_table, write_csv, write_json
-from nsr_gym.studies.threads import limited_threads
+from nsr_gym.threads import limited_threads
 
 
 @dataclass(frozen=True)

@@ -252,7 +252,8 @@ class _HitLog:
         alloc, hit = int(a[0]), 0
         if alloc >= 2 and not (len(a) > 1 and int(a[1]) - 1 == alloc - 2):
             entry = self.env.unwrapped.bank.slots[alloc - 2]
-            hit = int(entry is not None and entry.owner == int(info["next_task_id"]))
+            task = self.env.unwrapped.oracle_info()["next_task_id"]
+            hit = int(entry is not None and entry.owner == int(task))
         self.hits.append(hit)
 
 

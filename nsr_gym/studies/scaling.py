@@ -39,7 +39,7 @@ from nsr_gym.data import Task, load_digits_split, permuted_digits
 from nsr_gym.envs import env_id
 from nsr_gym.envs.allocation import LOAD_OFFSET
 from nsr_gym.executors import Unit
-from nsr_gym.studies.threads import torch_threads
+from nsr_gym.threads import torch_threads
 
 Rows = list[dict[str, Any]]
 
@@ -333,11 +333,12 @@ def _episode(env: Any, policy: Any, seed: int) -> tuple[Any, Any]:
     def at_decision(obs: dict[str, np.ndarray], info: dict[str, Any], action: int) -> None:
         if not info["next_is_phase_start"]:
             return
-        task = int(info["next_task_id"])
+        truth = env.unwrapped.oracle_info()  # privileged: the study measures recall against it
+        task = int(truth["next_task_id"])
         occ = obs["occupied"] > 0
         sims = np.where(occ, obs["similarity"], -np.inf)
         events.append({"task": task, "revisit": task in seen,
-                       "true_slot": int(info["next_task_slot"]), "n_occupied": int(occ.sum()),
+                       "true_slot": int(truth["next_task_slot"]), "n_occupied": int(occ.sum()),
                        "top1": int(np.argmax(sims)) if occ.any() else -1,
                        "max_cos": float(sims.max()) if occ.any() else np.nan, "action": action})
         seen.add(task)

@@ -22,7 +22,6 @@ functions of :mod:`nsr_gym.studies.scaling`) run on any executor; finished units
 from __future__ import annotations
 
 import functools
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ import pandas as pd
 from nsr_gym.agents import RULE_AGENTS
 from nsr_gym.bank import EVICTION_POLICIES
 from nsr_gym.executors import Executor, Unit, make_executor, run_units_kept
+from nsr_gym.jsonio import read_json
 from nsr_gym.results import command_line, manifest, write_csv, write_json
 from nsr_gym.studies import scaling
 from nsr_gym.studies.scaling import LONG
@@ -229,7 +229,7 @@ def run_study(sections: list[str], plan: dict[str, Any], seeds: list[int], out: 
     meta = manifest(command_line(), seeds, time.perf_counter() - t0, sections=sections,
                     section_wall_s=timings, executor=executor, plan=plan)
     previous = out / "manifest.json"
-    history = json.loads(previous.read_text()).get("sections_by_run", {}) \
+    history = read_json(previous, what="scaling manifest").get("sections_by_run", {}) \
         if previous.exists() else {}
     for section in sections:  # which run wrote each section's CSV
         history[section] = {k: meta[k] for k in ("command", "git_revision", "created_utc", "seeds")}
@@ -247,4 +247,4 @@ def redraw(out: Path) -> str:
     path = Path(out) / "manifest.json"
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; run the study first")
-    return write_report(Path(out), json.loads(path.read_text()))
+    return write_report(Path(out), read_json(path, what="scaling manifest"))

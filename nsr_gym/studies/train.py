@@ -57,8 +57,9 @@ def train_controller(cfg: TrainConfig, command: str | None = None) -> str:
     result = train(cfg, command=command or command_line())
     evals = result.config.get("evaluations") or {}
     last = f", last eval return {evals['mean_return'][-1]:.2f}" if evals.get("mean_return") else ""
-    return (f"trained {cfg.algo} on {cfg.env_id} ({cfg.backend}) for "
-            f"{result.config['num_timesteps']} steps in {result.wall_time_s:.1f} s{last}\n"
+    return (f"trained {cfg.algo} on {cfg.env_id} ({cfg.backend}, {cfg.n_envs} {cfg.vec_env} "
+            f"envs) for {result.config['num_timesteps']} steps in {result.wall_time_s:.1f} s"
+            f"{last}\n"
             f"wrote {result.model_path} and {result.config_path}\n"
             f"evaluate it: nsr-gym run --backend {cfg.backend} --agents "
             f"similarity,{cfg.algo}:{cfg.out}")

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from nsr_gym.atomic import atomic_write_bytes, atomic_write_text, sha256_bytes
+from nsr_gym.jsonio import JsonFileError, read_json
 
 __all__ = ["FORMAT_VERSION", "PRETRAINED_FOR_INPUT", "WEIGHTS_DIR", "WeightsError",
            "for_input_dim", "load_verified", "read_record", "record_path", "weights_path",
@@ -66,17 +67,21 @@ def read_record(name: str, directory: str | os.PathLike | None = None) -> dict[s
     """The JSON record of weights ``name``.
 
     Raises:
-        WeightsError: when it is missing, unreadable, or of another format version.
+        WeightsError: when it is missing, unreadable, malformed or over the bounded reader's
+            limits (:func:`nsr_gym.jsonio.read_json`), of another format version, or has no
+            sha256 string.
     """
     path = record_path(name, directory)
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise WeightsError(f"cannot read the weights record {path}: {err}; regenerate it with "
-                           "`nsr-gym pretrain`") from None
+        record = read_json(path, what="weights record")
+    except JsonFileError as err:
+        raise WeightsError(f"cannot read the weights record {path}: {err.problem}; regenerate "
+                           "it with `nsr-gym pretrain`") from None
     if record.get("format_version") != FORMAT_VERSION:
         raise WeightsError(f"{path} has format_version {record.get('format_version')!r}; this "
                            f"nsr-gym reads {FORMAT_VERSION}")
+    if not isinstance(record.get("sha256"), str):  # load_verified compares the file against it
+        raise WeightsError(f"{path} has no sha256 string; regenerate it with `nsr-gym pretrain`")
     return record
 
 
