@@ -14,6 +14,7 @@ import pickle
 
 import gymnasium as gym
 import numpy as np
+import pandas as pd
 import pytest
 
 import nsr_gym
@@ -108,6 +109,109 @@ def test_tiny_maskable_ppo_run_on_the_torch_backend(eid, tmp_path):
     _tiny_training(eid, "torch", tmp_path / "run")
 
 
+#: The verdict table's columns (``learned_summary.csv``), in order.
+VERDICT_COLUMNS = ["benchmark", "trained_on", "evaluated_on", "train_seeds", "eval_seeds",
+                   "pairs", "return", "normalized", "ci_low", "ci_high", "best_retention_rule",
+                   "vs_similarity", "vs_similarity_low", "vs_similarity_high",
+                   "vs_best_retention", "vs_best_retention_low", "vs_best_retention_high",
+                   "verdict"]
+
+
+def _synthetic(train_seeds=(0, 1), seeds=(100, 101, 102)):
+    """A rules frame and a learned frame for one id: every rule's return is a known function of
+    the seed, every controller's of (train backend, train seed, eval backend, seed)."""
+    from nsr_gym.studies.hard_track import RULES
+
+    eid = IDS[0]
+    base = {"keep-current": 10.0, "always-fresh": 9.0, "similarity": 12.0, "pin": 14.0,
+            "lfu-retain": 13.0, "lru-retain": 11.0, "clairvoyant": 20.0}
+    runs = [{"env_id": eid, "backend": b, "agent": a, "seed": s, "plan_exact": None,
+             "episode_return": base[a] + s - 100 + (b == "torch")}
+            for b in BACKENDS for a in RULES for s in seeds]
+    learned = [{"env_id": eid, "backend": b, "train_backend": t, "train_seed": k,
+                "agent": f"maskable-ppo@{t}[{k}]", "seed": s,
+                "episode_return": base["similarity"] + s - 100 + (b == "torch")
+                + (3.0 if t == b else -1.0) + 0.1 * k}
+               for t in BACKENDS for k in train_seeds for b in BACKENDS for s in seeds]
+    return pd.DataFrame(runs), pd.DataFrame(learned)
+
+
+def test_verdict_table_pairs_train_seeds_with_eval_seeds():
+    from nsr_gym.studies import hard_track_report as report
+
+    runs, learned = _synthetic()
+    table = report.learned_table(report.add_normalized(runs), learned)
+    assert list(table.columns) == VERDICT_COLUMNS
+    assert list(zip(table["trained_on"], table["evaluated_on"], strict=True)) == [
+        ("analytic", "analytic"), ("analytic", "torch"), ("torch", "torch"),
+        ("torch", "analytic")]
+    assert (table["pairs"] == 2 * 3).all() and (table["train_seeds"] == 2).all()
+    # the seed term cancels in the pairing: exactly +3 (+0.05 mean over train seeds) on the
+    # backend trained on, -1 elsewhere, with a CI that shrinks to the train-seed spread
+    own = table[table["trained_on"] == table["evaluated_on"]]
+    np.testing.assert_allclose(own["vs_similarity"], 3.05)
+    np.testing.assert_allclose(own["vs_best_retention"], 3.05 - 2.0)
+    assert (own["best_retention_rule"] == "pin").all()
+    assert (own["verdict"] == report.BEATS).all()
+    assert (own["vs_similarity_high"] - own["vs_similarity_low"] <= 0.1 + 1e-9).all()
+    other = table[table["trained_on"] != table["evaluated_on"]]
+    np.testing.assert_allclose(other["vs_similarity"], -0.95)
+    assert (other["verdict"] == report.LOSES).all()
+    transfer = report.transfer_table(learned)
+    assert list(transfer["evaluated_on"]) == ["analytic", "torch"]
+    np.testing.assert_allclose(transfer["gap"], [-4.0, 4.0])
+    assert (transfer["pairs"] == 6).all()
+    assert "is NOT met" in report.overall_verdict(table)  # one id: never two wins
+
+
+def test_a_seed_missing_from_the_rules_is_left_out_of_the_pairs():
+    from nsr_gym.studies import hard_track_report as report
+
+    runs, learned = _synthetic()
+    runs = runs[runs["seed"] != 102]
+    table = report.learned_table(report.add_normalized(runs), learned)
+    assert (table["pairs"] == 4).all() and (table["eval_seeds"] == 2).all()
+
+
+def test_train_backends_option():
+    from nsr_gym.cli import build_parser
+
+    parser = build_parser()
+    args = parser.parse_args(["study", "hard-track", "--quick"])
+    assert args.train_backends == ("analytic", "torch")
+    args = parser.parse_args(["study", "hard-track", "--train-backends", "torch"])
+    assert args.train_backends == ("torch",)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["study", "hard-track", "--train-backends", "gpu"])
+
+
+def test_quick_study_on_one_id_with_both_train_backends(tmp_path):
+    from nsr_gym.studies.hard_track import run_study
+
+    out = tmp_path / "hard"
+    md = run_study([100, 101], out, quick=True, train_steps=48, progress=False, ids=IDS[:1])
+    for name in ("runs.csv", "scores.csv", "learned.csv", "learned_summary.csv",
+                 "transfer.csv", "training_curves.csv", "eval_curves.csv",
+                 "training_curves.png", "hard_track.md", "manifest.json"):
+        assert (out / name).is_file(), name
+    assert "## Headroom" in md and "## Learned controllers" in md and "**Verdict:" in md
+    table = pd.read_csv(out / "learned_summary.csv")
+    assert list(table.columns) == VERDICT_COLUMNS and len(table) == 4
+    assert (table["pairs"] == 2 * 2).all()
+    learned = pd.read_csv(out / "learned.csv")
+    assert set(learned["seed"]) == {100, 101} and set(learned["train_seed"]) == {0, 1}
+    assert len(learned) == 2 * 2 * 2 * 2  # train backends x train seeds x backends x seeds
+    evals = pd.read_csv(out / "eval_curves.csv")
+    assert set(evals["train_backend"]) == {"analytic", "torch"} and len(evals) > 0
+    meta = json.loads((out / "manifest.json").read_text())
+    assert meta["seeds"] == [100, 101] and meta["units"]["train"]["steps"] == 48
+    assert meta["units"]["train"]["backends"] == ["analytic", "torch"]
+    # resumable: a second run computes nothing
+    run_study([100, 101], out, quick=True, train_steps=48, progress=False, ids=IDS[:1])
+    meta = json.loads((out / "manifest.json").read_text())
+    assert all(meta["units"][part]["computed"] == 0 for part in ("rules", "train", "learned"))
+
+
 @pytest.mark.slow
 def test_quick_study_writes_its_files(tmp_path):
     from nsr_gym.cli import main
@@ -115,12 +219,8 @@ def test_quick_study_writes_its_files(tmp_path):
     out = tmp_path / "hard"
     assert main(["study", "hard-track", "--quick", "--seeds", "100,101", "--train-steps", "48",
                  "--no-progress", "--out", str(out)]) == 0
-    for name in ("runs.csv", "scores.csv", "learned.csv", "learned_summary.csv",
-                 "training_curves.csv", "training_curves.png", "hard_track.md",
-                 "manifest.json"):
-        assert (out / name).is_file(), name
     md = (out / "hard_track.md").read_text()
-    assert "## Headroom" in md and "## Learned controllers" in md
+    assert "### Transfer gap" in md and "**Verdict:" in md
     meta = json.loads((out / "manifest.json").read_text())
     assert meta["seeds"] == [100, 101] and meta["units"]["train"]["steps"] == 48
     assert nsr_gym.env_id(HARD_TRACK[0]) in meta["env_ids"]

@@ -17,11 +17,14 @@ kept under ``<out>/.units`` so the study resumes:
   overstate the rule), and on the torch backend on ``AnalyticConfig()``'s model (an
   approximation). The normalized score is
   :func:`nsr_gym.stats.normalized_scores` with the clairvoyant as the 1.
-* **Learned controllers.** ``MaskablePPO`` (:func:`nsr_gym.agents.train`) trained on the
-  analytic backend of each id as registered, :data:`TRAIN_STEPS` steps per training seed,
-  then evaluated on the study's seeds (100 onwards: a training run resets its envs from seeds
-  ``seed + rank`` and ``seed + 10_000`` only) on both backends: the torch rows are the
-  transfer of the analytic-trained policy to the real learner.
+* **Learned controllers.** ``MaskablePPO`` (:func:`nsr_gym.agents.train`, through the batched
+  vector env, :data:`N_ENVS` envs) trained on each backend of :data:`TRAIN_BACKENDS` (the
+  torch one is the real learner) of each id as registered, :data:`TRAIN_STEPS` steps per
+  training seed and :data:`TRAIN_SEEDS`, with :data:`N_EVALS` ``EvalCallback`` evaluations
+  for the training curves; then every controller is evaluated on the study's seeds (100
+  onwards: a training run resets its envs from seeds ``seed + rank`` and ``seed + 10_000``
+  only) on both backends: four rows per id (analytic->analytic, analytic->torch, the
+  transfer; torch->torch, torch->analytic).
 
 :mod:`nsr_gym.studies.hard_track_report` turns the runs into ``hard_track.md`` and the plot.
 """
@@ -48,16 +51,32 @@ CLASSES = {"keep-current": "M0", "always-fresh": "M0", "clairvoyant": "oracle"}
 RETENTION_RULES = ("pin", "lfu-retain", "lru-retain")
 #: Algorithm of the learned controllers, and its name in the tables.
 ALGO = "maskable-ppo"
+#: Backends every agent is evaluated on.
 BACKENDS = ("analytic", "torch")
+#: Backends the controllers are trained on (``--train-backends``).
+TRAIN_BACKENDS = ("analytic", "torch")
 SEEDS = list(range(100, 110))
 QUICK_SEEDS = [100, 101]
-TRAIN_SEEDS = (0, 1, 2)
+#: Training seeds (issue 18: at least 5) and env steps per training seed (at least 100,000).
+TRAIN_SEEDS = (0, 1, 2, 3, 4)
 TRAIN_STEPS = 100_000
+#: Training envs of one run (the batched env: ``N_ENVS`` learners in one pass), the same on
+#: both backends so that a transfer gap compares controllers trained alike.
+N_ENVS = 16
+#: ``EvalCallback`` evaluations per run (one episode each, eval env seed ``seed + 10_000``):
+#: the points of the training curves.
+N_EVALS = 10
 #: ``quick=True``: small episodes, short training (a smoke test).
 QUICK_ENV = {"phase_length": 4, "n_cycles": 2}
 #: ``quick=True``: per benchmark, on top of :data:`QUICK_ENV`.
 QUICK_OVERRIDES = {"SkewedRecurrencePermutedDigits": {"n_tasks": 8}}
-QUICK_TRAIN_STEPS = 1_200
+QUICK_TRAIN_STEPS = 240
+#: ``quick=True``: training seeds, envs, evaluations and hyperparameter overrides (rollouts of
+#: ``n_steps`` per env, so that a tiny budget still makes a few updates).
+QUICK_TRAIN_SEEDS = (0, 1)
+QUICK_N_ENVS = 2
+QUICK_N_EVALS = 2
+QUICK_HYPERPARAMS = {"n_steps": 24, "batch_size": 24, "n_epochs": 1}
 
 
 def hard_ids() -> list[str]:
@@ -87,7 +106,7 @@ def episode_unit(unit: Unit) -> dict[str, Any]:
 
     import nsr_gym  # noqa: F401 - registers the envs in a fresh worker
     from nsr_gym.agents import make_agent, rollout
-    from nsr_gym.studies.threads import torch_threads
+    from nsr_gym.threads import torch_threads
 
     s = unit.setting
     with torch_threads(1):
@@ -119,45 +138,64 @@ def headroom_units(ids: list[str], seeds: list[int], quick: bool) -> list[Unit]:
 
 
 def train_unit(unit: Unit) -> dict[str, Any]:
-    """Train one controller (``setting``: env id, steps, output folder); returns its run folder,
-    wall time and training curve (``monitor`` episodes: ``rank``, ``end_step``, ``return``)."""
+    """Train one controller (``setting``: env id, backend, steps, envs, evaluations,
+    hyperparameter overrides, env kwargs, output folder); returns its run folder, wall time,
+    training curve (``monitor`` episodes: ``rank``, ``end_step``, ``return``) and evaluation
+    curve (``evals``: ``step``, ``return`` of each ``EvalCallback`` evaluation)."""
     import nsr_gym  # noqa: F401
     from nsr_gym.agents.train import TrainConfig, train
 
     s = unit.setting
     out = Path(s["out"])
-    cfg = TrainConfig(algo=ALGO, env_id=s["env_id"], backend="analytic", seed=unit.seed,
+    cfg = TrainConfig(algo=ALGO, env_id=s["env_id"], backend=s["backend"], seed=unit.seed,
                       total_timesteps=int(s["steps"]), out=str(out), env_kwargs=s["env_kwargs"],
-                      n_evals=0)
+                      n_envs=int(s["n_envs"]), n_evals=int(s["n_evals"]),
+                      hyperparams=dict(s.get("hyperparams", {})))
     result = train(cfg, command=s.get("command"))
-    n_envs = cfg.n_envs
     curve = []
     for path in sorted((out / "monitor").glob("rank*.monitor.csv")):
         episodes = pd.read_csv(path, skiprows=1)
-        ends = np.cumsum(episodes["l"].to_numpy()) * n_envs  # the envs step in lockstep
+        ends = np.cumsum(episodes["l"].to_numpy()) * cfg.n_envs  # the envs step in lockstep
         curve += [{"rank": int(path.name[4:].split(".")[0]), "end_step": int(e), "return": float(r)}
                   for e, r in zip(ends, episodes["r"], strict=True)]
-    return {"env_id": s["env_id"], "train_seed": unit.seed, "run": str(out),
-            "wall_s": round(result.wall_time_s, 1), "curve": curve}
+    evals = result.config.get("evaluations") or {"timesteps": [], "mean_return": []}
+    return {"env_id": s["env_id"], "train_backend": s["backend"], "train_seed": unit.seed,
+            "run": str(out), "wall_s": round(result.wall_time_s, 1), "curve": curve,
+            "evals": [{"step": int(t), "return": float(r)} for t, r in
+                      zip(evals["timesteps"], evals["mean_return"], strict=True)]}
 
 
-def _run_folder(out: Path, eid: str, seed: int) -> Path:
-    return out / "train" / eid.split("/")[-1].removesuffix("-v0") / f"seed{seed}"
+def _run_folder(out: Path, eid: str, backend: str, seed: int) -> Path:
+    return out / "train" / eid.split("/")[-1].removesuffix("-v0") / backend / f"seed{seed}"
+
+
+def train_units(ids: list[str], backends: tuple[str, ...], seeds: tuple[int, ...], steps: int,
+                out: Path, quick: bool) -> list[Unit]:
+    """One training run per id, training backend and training seed."""
+    return [Unit(f"{ALGO}@{b}", ts, {
+        "env_id": eid, "backend": b, "steps": steps,
+        "n_envs": QUICK_N_ENVS if quick else N_ENVS,
+        "n_evals": QUICK_N_EVALS if quick else N_EVALS,
+        "hyperparams": QUICK_HYPERPARAMS if quick else {},
+        "env_kwargs": _quick_kwargs(eid, quick), "out": str(_run_folder(out, eid, b, ts))})
+        for eid in ids for b in backends for ts in seeds]
 
 
 def learned_units(runs: list[dict[str, Any]], seeds: list[int], quick: bool) -> list[Unit]:
     """Every trained controller on its id (as registered), both backends, every seed."""
-    return [Unit(f"{ALGO}[{r['train_seed']}]", seed, {
+    return [Unit(f"{ALGO}@{r['train_backend']}[{r['train_seed']}]", seed, {
         "env_id": r["env_id"], "env_kwargs": _env_kwargs(r["env_id"], b, None, quick),
         "spec": f"{ALGO}:{r['run']}",
-        "tags": {"env_id": r["env_id"], "backend": b, "train_seed": r["train_seed"]}})
+        "tags": {"env_id": r["env_id"], "backend": b, "train_backend": r["train_backend"],
+                 "train_seed": r["train_seed"]}})
         for r in runs for b in BACKENDS for seed in seeds]
 
 
 def run_study(seeds: list[int], out: Path, *, quick: bool = False, train: bool = True,
               train_seeds: tuple[int, ...] | None = None, train_steps: int | None = None,
-              executor: str = "local", ray_address: str | None = None, resume: bool = True,
-              progress: bool = True) -> str:
+              train_backends: tuple[str, ...] = TRAIN_BACKENDS, executor: str = "local",
+              ray_address: str | None = None, resume: bool = True,
+              progress: bool = True, ids: list[str] | None = None) -> str:
     """Measure the headroom, train and evaluate the controllers, and write the study's files.
 
     Args:
@@ -165,14 +203,21 @@ def run_study(seeds: list[int], out: Path, *, quick: bool = False, train: bool =
             outside ``train_seeds + rank`` and ``train_seeds + 10_000`` (held out).
         out: Output directory (created): ``runs.csv``, ``scores.csv``, ``learned.csv``,
             ``training_curves.csv``, ``training_curves.png``, ``hard_track.md``,
-            ``manifest.json``, and ``train/<benchmark>/seed<k>/`` (the controllers).
-        quick: Small episodes (:data:`QUICK_ENV`) and :data:`QUICK_TRAIN_STEPS` (a smoke test).
+            ``manifest.json``, ``eval_curves.csv``, ``transfer.csv``, and
+            ``train/<benchmark>/<backend>/seed<k>/`` (the controllers).
+        quick: Small episodes (:data:`QUICK_ENV`), :data:`QUICK_TRAIN_STEPS`,
+            :data:`QUICK_TRAIN_SEEDS`, :data:`QUICK_N_ENVS` envs and
+            :data:`QUICK_HYPERPARAMS` (a smoke test).
         train: Train and evaluate the learned controllers (off: the headroom only).
-        train_seeds: Training seeds (default :data:`TRAIN_SEEDS`, one under ``quick``).
+        train_seeds: Training seeds (default :data:`TRAIN_SEEDS`; :data:`QUICK_TRAIN_SEEDS`
+            under ``quick``).
         train_steps: Steps per training run (default :data:`TRAIN_STEPS`).
+        train_backends: Backends to train on (default :data:`TRAIN_BACKENDS`); every
+            controller is evaluated on all of :data:`BACKENDS`.
         executor: ``"local"`` or ``"ray"``; ``ray_address`` the cluster to join.
         resume: Reuse the finished units kept under ``out/.units``.
         progress: Show progress bars.
+        ids: The hard ids to run (default :func:`hard_ids`, all of them; fewer for a test).
 
     Returns:
         The markdown report (also written to ``out/hard_track.md``).
@@ -183,7 +228,7 @@ def run_study(seeds: list[int], out: Path, *, quick: bool = False, train: bool =
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    ids = hard_ids()
+    ids = list(ids or hard_ids())
     sweep = Sweep(executor, ray_address, resume, progress)
     rows, resumed = sweep.run(episode_unit, headroom_units(ids, seeds, quick), out / ".units",
                               desc="hard-track rules")
@@ -191,15 +236,19 @@ def run_study(seeds: list[int], out: Path, *, quick: bool = False, train: bool =
     trained: list[dict[str, Any]] = []
     learned: list[dict[str, Any]] = []
     if train:
+        unknown = sorted(set(train_backends) - set(BACKENDS))
+        if unknown or not train_backends:
+            raise ValueError(f"train_backends {list(train_backends)}: choose from {BACKENDS}")
         steps = train_steps or (QUICK_TRAIN_STEPS if quick else TRAIN_STEPS)
-        tseeds = train_seeds or ((0,) if quick else TRAIN_SEEDS)
-        tunits = [Unit(ALGO, ts, {"env_id": eid, "steps": steps,
-                                  "env_kwargs": _quick_kwargs(eid, quick),
-                                  "out": str(_run_folder(out, eid, ts))})
-                  for eid in ids for ts in tseeds]
+        tseeds = train_seeds or (QUICK_TRAIN_SEEDS if quick else TRAIN_SEEDS)
+        tunits = train_units(ids, tuple(train_backends), tuple(tseeds), steps, out, quick)
         trained, resumed = sweep.run(train_unit, tunits, out / ".units", desc="hard-track train")
         counts["train"] = {"computed": len(trained) - resumed, "resumed": resumed,
-                           "steps": steps, "seeds": list(tseeds)}
+                           "steps": steps, "seeds": list(tseeds),
+                           "backends": list(train_backends),
+                           "n_envs": QUICK_N_ENVS if quick else N_ENVS,
+                           "n_evals": QUICK_N_EVALS if quick else N_EVALS,
+                           "wall_s": round(sum(r["wall_s"] for r in trained), 1)}
         learned, resumed = sweep.run(episode_unit, learned_units(trained, seeds, quick),
                                      out / ".units", desc="hard-track learned")
         counts["learned"] = {"computed": len(learned) - resumed, "resumed": resumed}

@@ -1,11 +1,15 @@
 """Tables, findings and the training-curve plot of ``nsr-gym study hard-track``
 (:mod:`nsr_gym.studies.hard_track` runs the units).
 
-Every statistic is over evaluation seeds (the independent unit): the normalized score per seed
-is ``(R - R_mem) / (R_clairvoyant - R_mem)`` (:func:`nsr_gym.stats.normalized_scores`, ``R_mem``
-the memoryless agent with the best mean return), its mean with a 95% percentile bootstrap CI
-(:func:`nsr_gym.stats.mean_ci`); a paired difference is the per-seed difference of returns on
-the same streams, the learned controller's return being the mean over its training seeds.
+A rule's statistics are over evaluation seeds (the independent unit): the normalized score per
+seed is ``(R - R_mem) / (R_clairvoyant - R_mem)`` (:func:`nsr_gym.stats.normalized_scores`,
+``R_mem`` the memoryless agent with the best mean return), its mean with a 95% percentile
+bootstrap CI (:func:`nsr_gym.stats.mean_ci`). A learned controller's are over (training seed,
+evaluation seed) pairs: each trained policy on each evaluation seed is one value, paired with
+the rule's return on the same stream (same id, backend and seed), and the CI resamples those
+pairs (:func:`~nsr_gym.stats.mean_ci` over the ``train seeds x eval seeds`` values). The
+transfer gap pairs the torch-trained and the analytic-trained policy of the same training
+seed on the same evaluation seed.
 """
 
 from __future__ import annotations
@@ -19,11 +23,17 @@ import pandas as pd
 from nsr_gym.atomic import atomic_write_text
 from nsr_gym.results import markdown_table, provenance_line, write_csv, write_json
 from nsr_gym.stats import mean_ci, normalized_scores
-from nsr_gym.studies.hard_track import ALGO, CLASSES, RETENTION_RULES
+from nsr_gym.studies.hard_track import ALGO, BACKENDS, CLASSES, RETENTION_RULES
 
 #: The bar of issue 18: the similarity rule's normalized score on every hard id is at most this.
 HEADROOM_BAR = 0.7
 _GROUP = ["backend", "env_id"]
+#: A learned controller's rows: (env id, trained on, evaluated on).
+_LEARNED = ["env_id", "train_backend", "backend"]
+#: The verdict when a paired difference's CI is above 0, below it, or spans it.
+BEATS, LOSES, TIES = ("beats the similarity rule significantly",
+                      "loses to the similarity rule significantly",
+                      "ties the similarity rule (CI spans 0)")
 
 
 def _name(env_id: str) -> str:
@@ -64,34 +74,80 @@ def headroom_table(runs: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _order(train_backend: str, backend: str) -> int:
+    """Row order within an id: analytic->analytic, analytic->torch, torch->torch,
+    torch->analytic (each training backend's own backend first)."""
+    rank = {b: i for i, b in enumerate(BACKENDS)}
+    return 2 * rank.get(train_backend, len(rank)) + (backend != train_backend)
+
+
+def _verdict(lo: float, hi: float) -> str:
+    return BEATS if lo > 0 else LOSES if hi < 0 else TIES
+
+
 def learned_table(runs: pd.DataFrame, learned: pd.DataFrame) -> pd.DataFrame:
-    """Per (backend, env id): the learned controllers (mean over training seeds, per evaluation
-    seed) against the similarity rule and the best retention rule, paired, with 95% CIs."""
+    """Per (env id, training backend, evaluation backend): the learned controllers against the
+    similarity rule and the best retention rule on the evaluation backend, paired per
+    (training seed, evaluation seed), with 95% CIs over those pairs, and the verdict.
+
+    The best retention rule is the one of :data:`~nsr_gym.studies.hard_track.RETENTION_RULES`
+    with the best mean return there (``belady-retain`` is a privileged reference, not a rule,
+    and is not among them)."""
     rows = []
-    for (backend, eid), g in learned.groupby(_GROUP, sort=False):
+    for (eid, train_backend, backend), g in learned.groupby(_LEARNED, sort=False):
         ref = runs[(runs["backend"] == backend) & (runs["env_id"] == eid)]
         ret = ref.pivot_table(index="seed", columns="agent", values="episode_return")
-        mine = g.groupby("seed")["episode_return"].mean()
-        seeds = mine.index.intersection(ret.index)
-        mine, ret = mine.loc[seeds], ret.loc[seeds]
+        g = g[g["seed"].isin(ret.index)]
+        seeds = g["seed"].to_numpy()
+        mine = g["episode_return"].to_numpy(dtype=float)
         low, span = bounds(ref)
         best = max(RETENTION_RULES, key=lambda a: ret[a].mean())
-        score, s_lo, s_hi = mean_ci(((mine - low.loc[seeds]) / span.loc[seeds]).to_numpy())
-        row: dict[str, Any] = {"backend": backend, "benchmark": _name(eid),
+        score, s_lo, s_hi = mean_ci((mine - low.loc[seeds].to_numpy())
+                                    / span.loc[seeds].to_numpy())
+        row: dict[str, Any] = {"benchmark": _name(eid), "trained_on": train_backend,
+                               "evaluated_on": backend,
                                "train_seeds": int(g["train_seed"].nunique()),
-                               "eval_seeds": len(seeds), "return": float(mine.mean()),
-                               "normalized": score, "ci_low": s_lo, "ci_high": s_hi,
-                               "best_retention_rule": best}
+                               "eval_seeds": int(g["seed"].nunique()), "pairs": len(g),
+                               "return": float(mine.mean()), "normalized": score,
+                               "ci_low": s_lo, "ci_high": s_hi, "best_retention_rule": best}
         for label, other in (("vs_similarity", "similarity"), ("vs_best_retention", best)):
-            d, lo, hi = mean_ci((mine - ret[other]).to_numpy())
+            d, lo, hi = mean_ci(mine - ret.loc[seeds, other].to_numpy())
             row.update({label: d, f"{label}_low": lo, f"{label}_high": hi})
+        row["verdict"] = _verdict(row["vs_similarity_low"], row["vs_similarity_high"])
         rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    ids = list(dict.fromkeys(table["benchmark"]))
+    key = [ids.index(b) * 10 + _order(t, e) for b, t, e in
+           zip(table["benchmark"], table["trained_on"], table["evaluated_on"], strict=True)]
+    return table.iloc[np.argsort(key, kind="stable")].reset_index(drop=True)
+
+
+def transfer_table(learned: pd.DataFrame) -> pd.DataFrame:
+    """Per (env id, evaluation backend), where both training backends ran: the transfer gap,
+    torch-trained minus analytic-trained return, paired by (training seed, evaluation seed),
+    mean with a 95% CI over the pairs. On the torch backend a positive gap is what training on
+    the real learner gains over training on its analytic model."""
+    rows = []
+    for (eid, backend), g in learned.groupby(["env_id", "backend"], sort=False):
+        ret = g.pivot_table(index=["train_seed", "seed"], columns="train_backend",
+                            values="episode_return")
+        if not {"analytic", "torch"} <= set(ret.columns):
+            continue
+        ret = ret.dropna(subset=["analytic", "torch"])
+        gap, lo, hi = mean_ci((ret["torch"] - ret["analytic"]).to_numpy())
+        rows.append({"benchmark": _name(eid), "evaluated_on": backend,
+                     "train_seeds": int(ret.index.get_level_values(0).nunique()),
+                     "pairs": len(ret), "torch_trained": float(ret["torch"].mean()),
+                     "analytic_trained": float(ret["analytic"].mean()), "gap": gap,
+                     "gap_low": lo, "gap_high": hi})
     return pd.DataFrame(rows)
 
 
 def curve_table(trained: list[dict[str, Any]], n_bins: int = 20) -> pd.DataFrame:
-    """Training episodes binned by env steps: per (env id, training seed, bin) the mean return
-    of the episodes that ended in the bin (all training envs pooled)."""
+    """Training episodes binned by env steps: per (env id, training backend, training seed,
+    bin) the mean return of the episodes that ended in the bin (all training envs pooled)."""
     rows = []
     for run in trained:
         curve = pd.DataFrame(run["curve"])
@@ -100,10 +156,21 @@ def curve_table(trained: list[dict[str, Any]], n_bins: int = 20) -> pd.DataFrame
         edges = np.linspace(0, curve["end_step"].max(), n_bins + 1)
         curve["bin"] = np.clip(np.searchsorted(edges, curve["end_step"], side="left"), 1, n_bins)
         for b, c in curve.groupby("bin"):
-            rows.append({"env_id": run["env_id"], "train_seed": run["train_seed"],
-                         "step": int(edges[b]), "return": float(c["return"].mean()),
-                         "episodes": len(c)})
+            rows.append({"env_id": run["env_id"], "train_backend": run["train_backend"],
+                         "train_seed": run["train_seed"], "step": int(edges[b]),
+                         "return": float(c["return"].mean()), "episodes": len(c)})
     return pd.DataFrame(rows)
+
+
+def eval_curve_table(trained: list[dict[str, Any]]) -> pd.DataFrame:
+    """The ``EvalCallback`` evaluations of every run (``config.json``'s ``evaluations``): per
+    (env id, training backend, training seed, step) the deterministic return of one episode
+    on the training backend (eval env seed ``train_seed + 10_000``)."""
+    return pd.DataFrame(
+        [{"env_id": run["env_id"], "train_backend": run["train_backend"],
+          "train_seed": run["train_seed"], "step": e["step"], "return": e["return"]}
+         for run in trained for e in run.get("evals", [])],
+        columns=["env_id", "train_backend", "train_seed", "step", "return"])
 
 
 def _ci(v: float, lo: float, hi: float, fmt: str = ".3f") -> str:
@@ -132,9 +199,17 @@ def headroom_findings(table: pd.DataFrame) -> list[str]:
     return lines
 
 
-def learned_findings(table: pd.DataFrame) -> list[str]:
-    """Per (backend, id): does the learned controller beat the similarity rule (and the best
-    retention rule) significantly; then a count over the analytic hard ids."""
+def headline(table: pd.DataFrame) -> tuple[str, str]:
+    """The (trained on, evaluated on) pair the issue's verdict is about: torch->torch where a
+    torch-trained controller exists (learned on the real learner), else analytic->analytic."""
+    pairs = set(zip(table["trained_on"], table["evaluated_on"], strict=True))
+    return ("torch", "torch") if ("torch", "torch") in pairs else ("analytic", "analytic")
+
+
+def learned_findings(table: pd.DataFrame, transfer: pd.DataFrame) -> list[str]:
+    """Per row: the verdict against the similarity rule and the best retention rule; per id
+    the transfer gap; then the overall verdict (issue 18: beats the similarity rule
+    significantly on at least two hard ids)."""
     lines = []
     for r in table.itertuples(index=False):
         verdicts = []
@@ -145,14 +220,32 @@ def learned_findings(table: pd.DataFrame) -> list[str]:
                          getattr(r, f"{label}_high"))
             word = "beats" if lo > 0 else "loses to" if hi < 0 else "ties (CI spans 0)"
             verdicts.append(f"{word} {other} by {_ci(d, lo, hi, '+.2f')}")
-        lines.append(f"- {r.benchmark}, {r.backend}: {ALGO} ({r.train_seeds} training seeds) "
-                     f"scores {_ci(r.normalized, r.ci_low, r.ci_high)}; it "
+        lines.append(f"- {r.benchmark}, trained on {r.trained_on}, evaluated on "
+                     f"{r.evaluated_on}: {ALGO} ({r.train_seeds} training x {r.eval_seeds} "
+                     f"evaluation seeds) scores {_ci(r.normalized, r.ci_low, r.ci_high)}; it "
                      + "; it ".join(verdicts) + ".")
-    analytic = table[table["backend"] == "analytic"]
-    wins = int((analytic["vs_similarity_low"] > 0).sum())
-    lines.append(f"- On the analytic backend the learned controller beats the similarity rule "
-                 f"significantly on {wins} of {len(analytic)} hard ids (the issue's goal: 2).")
+    for r in transfer.itertuples(index=False):
+        lines.append(f"- {r.benchmark}, evaluated on {r.evaluated_on}: torch-trained minus "
+                     f"analytic-trained {_ci(r.gap, r.gap_low, r.gap_high, '+.2f')} "
+                     f"({r.pairs} pairs).")
+    for (t, e), g in table.groupby(["trained_on", "evaluated_on"], sort=False):
+        wins = g.loc[g["vs_similarity_low"] > 0, "benchmark"].tolist()
+        lines.append(f"- Trained on {t}, evaluated on {e}: beats the similarity rule "
+                     f"significantly on {len(wins)} of {len(g)} hard ids"
+                     + (f" ({', '.join(wins)})" if wins else "") + ".")
+    lines += ["", overall_verdict(table)]
     return lines
+
+
+def overall_verdict(table: pd.DataFrame) -> str:
+    """The issue's verdict in one sentence, on the :func:`headline` rows."""
+    t, e = headline(table)
+    g = table[(table["trained_on"] == t) & (table["evaluated_on"] == e)]
+    wins = int((g["vs_similarity_low"] > 0).sum())
+    met = "met" if wins >= 2 else "NOT met"
+    return (f"**Verdict: the {ALGO} controller trained and evaluated on the {t} backend beats "
+            f"the similarity rule significantly (95% CI above 0) on {wins} of {len(g)} hard "
+            f"ids; the issue's goal (at least 2) is {met}.**")
 
 
 def _fmt_headroom(table: pd.DataFrame) -> pd.DataFrame:
@@ -163,41 +256,60 @@ def _fmt_headroom(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _fmt_learned(table: pd.DataFrame) -> pd.DataFrame:
-    t = table[["backend", "benchmark", "train_seeds", "eval_seeds", "return"]].copy()
+    t = table[["benchmark", "trained_on", "evaluated_on", "train_seeds", "eval_seeds",
+               "return"]].copy()
     t["normalized"] = [_ci(v, lo, hi) for v, lo, hi in
                        zip(table["normalized"], table["ci_low"], table["ci_high"], strict=True)]
     for label in ("vs_similarity", "vs_best_retention"):
         t[label] = [_ci(v, lo, hi, "+.2f") for v, lo, hi in zip(
             table[label], table[f"{label}_low"], table[f"{label}_high"], strict=True)]
     t["best_retention_rule"] = table["best_retention_rule"]
+    t["verdict"] = table["verdict"]
     return t
 
 
-def plot_curves(curves: pd.DataFrame, headroom: pd.DataFrame, path: Path,
+def _fmt_transfer(table: pd.DataFrame) -> pd.DataFrame:
+    t = table[["benchmark", "evaluated_on", "train_seeds", "pairs", "torch_trained",
+               "analytic_trained"]].copy()
+    t["gap"] = [_ci(v, lo, hi, "+.2f") for v, lo, hi in
+                zip(table["gap"], table["gap_low"], table["gap_high"], strict=True)]
+    return t
+
+
+def plot_curves(evals: pd.DataFrame, headroom: pd.DataFrame, path: Path,
                 footer: str) -> None:
-    """Training return against env steps per hard id: mean over training seeds, a min-max band,
-    and the analytic means of the similarity rule, the best retention rule and the
-    clairvoyant on the evaluation seeds."""
+    """Evaluation return against env steps, one panel per (training backend, hard id): the
+    mean over training seeds of the ``EvalCallback`` returns, a band of its 95% bootstrap CI
+    over training seeds, and, on the training backend, the means of the similarity rule, the
+    best retention rule and the clairvoyant on the evaluation seeds."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    ids = list(dict.fromkeys(curves["env_id"]))
-    fig, axes = plt.subplots(1, len(ids), figsize=(5.0 * len(ids), 3.8), squeeze=False)
-    for ax, eid in zip(axes[0], ids, strict=True):
-        c = curves[curves["env_id"] == eid].pivot_table(index="step", columns="train_seed",
-                                                        values="return")
-        ax.plot(c.index, c.mean(1), color="C0", label=f"{ALGO} (mean of {c.shape[1]} seeds)")
-        ax.fill_between(c.index, c.min(1), c.max(1), color="C0", alpha=0.25, label="min-max")
-        ref = headroom[(headroom["backend"] == "analytic")
-                       & (headroom["benchmark"] == _name(eid))].set_index("agent")["return"]
-        best = ref.loc[list(RETENTION_RULES)].idxmax()
-        for agent, color, ls in (("clairvoyant", "k", ":"), ("similarity", "C3", "--"),
-                                 (best, "C2", "-.")):
-            ax.axhline(ref[agent], color=color, ls=ls, lw=1.2, label=f"{agent} (eval seeds)")
-        ax.set(title=_name(eid), xlabel="env steps", ylabel="episode return (training)")
-        ax.legend(fontsize=7)
+    ids = list(dict.fromkeys(evals["env_id"]))
+    backends = [b for b in BACKENDS if b in set(evals["train_backend"])]
+    fig, axes = plt.subplots(len(backends), len(ids), figsize=(5.0 * len(ids),
+                                                               3.6 * len(backends)),
+                             squeeze=False)
+    for row, backend in zip(axes, backends, strict=True):
+        for ax, eid in zip(row, ids, strict=True):
+            sel = evals[(evals["env_id"] == eid) & (evals["train_backend"] == backend)]
+            c = sel.pivot_table(index="step", columns="train_seed", values="return")
+            stats = np.array([mean_ci(v) for v in c.to_numpy()]).reshape(-1, 3)
+            ax.plot(c.index, stats[:, 0], color="C0", marker=".",
+                    label=f"{ALGO} (mean of {c.shape[1]} seeds)")
+            ax.fill_between(c.index, stats[:, 1], stats[:, 2], color="C0", alpha=0.25,
+                            label="95% CI over seeds")
+            ref = headroom[(headroom["backend"] == backend)
+                           & (headroom["benchmark"] == _name(eid))].set_index("agent")["return"]
+            best = ref.loc[list(RETENTION_RULES)].idxmax()
+            for agent, color, ls in (("clairvoyant", "k", ":"), ("similarity", "C3", "--"),
+                                     (best, "C2", "-.")):
+                ax.axhline(ref[agent], color=color, ls=ls, lw=1.2, label=f"{agent} (eval seeds)")
+            ax.set(title=f"{_name(eid)}, trained on {backend}", xlabel="env steps",
+                   ylabel=f"evaluation return ({backend})")
+            ax.legend(fontsize=7)
     fig.text(0.01, 0.005, footer, fontsize=6, color="0.4")
     fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(path, dpi=120)
@@ -224,24 +336,40 @@ def write_report(out: Path, runs: pd.DataFrame, learned: pd.DataFrame,
                 "", *headroom_findings(headroom), ""]
     if len(learned):
         table = learned_table(runs, learned)
-        curves = curve_table(trained)
+        transfer = transfer_table(learned)
+        curves, evals = curve_table(trained), eval_curve_table(trained)
         write_csv(out / "learned.csv", learned)
         write_csv(out / "learned_summary.csv", table)
+        write_csv(out / "transfer.csv", transfer)
         write_csv(out / "training_curves.csv", curves)
+        write_csv(out / "eval_curves.csv", evals)
+        tr = meta["units"]["train"]
         footer = (f"{meta['command']} | eval seeds {meta['seeds']} | training seeds "
-                  f"{meta['units']['train']['seeds']} | git {meta['git_revision'][:12]}")
-        plot_curves(curves, headroom, out / "training_curves.png", footer)
-        steps = meta["units"]["train"]["steps"]
+                  f"{tr['seeds']} | git {meta['git_revision'][:12]}")
+        if len(evals):
+            plot_curves(evals, headroom, out / "training_curves.png", footer)
         sections += ["## Learned controllers", "",
-                     f"`{ALGO}` trained on the analytic backend of each id as registered, "
-                     f"{steps:,} steps per training seed (`nsr_gym.agents.train`, default "
-                     "hyperparameters), the final policy evaluated deterministically on the "
-                     "evaluation seeds, which no training run reset to; the torch rows are the "
-                     "same policies on the torch backend (transfer, no torch training). "
-                     "vs_*: paired difference in return (mean over training seeds minus the "
-                     "rule), 95% bootstrap CI over evaluation seeds. Training curves: "
-                     "`training_curves.png`.", "", markdown_table(_fmt_learned(table)), "",
-                     *learned_findings(table), ""]
+                     f"`{ALGO}` trained on the {' and the '.join(tr['backends'])} backend of "
+                     f"each id as registered, {tr['steps']:,} steps per training seed, "
+                     f"{len(tr['seeds'])} training seeds, through the batched vector env "
+                     f"({tr['n_envs']} envs; `nsr_gym.agents.train`, default "
+                     "hyperparameters); the final policy evaluated deterministically on the "
+                     "evaluation seeds, which no training run reset to, on both backends "
+                     "(trained_on != evaluated_on: transfer). normalized and vs_*: over "
+                     "(training seed, evaluation seed) pairs, each policy's return minus the "
+                     "rule's on the same stream, mean with a 95% bootstrap CI over the pairs. "
+                     "best_retention_rule: the best of "
+                     f"{', '.join(RETENTION_RULES)} by mean return on the evaluation backend. "
+                     f"Training curves (`training_curves.png`): the {tr['n_evals']} "
+                     "`EvalCallback` evaluations per run (one episode on the training backend, "
+                     "eval env seed `train_seed + 10000`), mean over training seeds with a 95% "
+                     "CI band.", "", markdown_table(_fmt_learned(table)), ""]
+        if len(transfer):
+            sections += ["### Transfer gap", "",
+                         "torch-trained minus analytic-trained return, paired by (training "
+                         "seed, evaluation seed), 95% bootstrap CI over the pairs.", "",
+                         markdown_table(_fmt_transfer(transfer)), ""]
+        sections += ["### Verdicts", "", *learned_findings(table, transfer), ""]
     write_json(out / "manifest.json", meta)
     md = "\n".join(sections)
     atomic_write_text(out / "hard_track.md", md)
