@@ -23,13 +23,19 @@ _PACKAGES = ("nsr-gym", "gymnasium", "torch", "peft", "stable-baselines3", "sb3-
 
 
 def git_revision(cwd: str | os.PathLike | None = None) -> str:
-    """``git rev-parse HEAD`` (plus ``-dirty`` with uncommitted changes), or ``"unknown"``."""
+    """``git rev-parse HEAD`` (plus ``-dirty`` with uncommitted changes to the code), or
+    ``"unknown"``.
+
+    The revision names the code a figure was computed with, so ``results/`` itself is left out
+    of the check: regenerating one committed result must not mark the next one's code dirty.
+    """
     cwd = cwd or Path(__file__).resolve().parent.parent
     try:
         rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True,
                              text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--",
+                                ".", ":(exclude)results"], cwd=cwd, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"

@@ -274,6 +274,14 @@ def load_hard_track_study(folder: Path) -> pd.DataFrame | None:
     rules = pd.read_csv(folder / "runs.csv").assign(learned=False)
     learned = (pd.read_csv(folder / "learned.csv").assign(learned=True)
                if (folder / "learned.csv").is_file() else rules.iloc[:0])
+    if len(learned):
+        # One row per controller kind (``maskable-ppo@torch``), not per training seed: its
+        # return on an evaluation seed is the mean over the training seeds' policies.
+        learned = learned.assign(agent=learned["agent"].str.replace(r"\[\d+\]$", "",
+                                                                    regex=True))
+        learned = (learned.groupby(["env_id", "backend", "agent", "seed"], as_index=False,
+                                   sort=False)[["episode_return", "acc_mean"]].mean()
+                   .assign(learned=True))
     both = pd.concat([rules, learned], ignore_index=True)
     both["benchmark"] = both["env_id"].str.split("/").str[-1].str.removesuffix("-v0")
     classes = {**CLASSES, CLAIRVOYANT: "clairvoyant",  # the study files it as its "oracle"
