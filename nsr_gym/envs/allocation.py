@@ -124,7 +124,7 @@ class _StepPlan(NamedTuple):
     step_in_phase: int
     switched: bool
     invalid_load: bool
-    zero_shot: float
+    zero_shot: float | None
     retained: RetentionInfo | None
     written_over: int
 
@@ -522,10 +522,13 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
             plan, report, self.learner.evaluate(plan.task))
         return self._get_obs(), reward, terminated, False, self._get_info(done, retained)
 
-    def _begin_step(self, action: Any) -> _StepPlan:
+    def _begin_step(self, action: Any, measure_zero_shot: bool = True) -> _StepPlan:
         """The step before its training: check the action, (retain,) allocate, and measure the
         chosen subspace's zero-shot accuracy. :class:`~nsr_gym.envs.batched.BatchedAllocationEnv`
-        calls it and :meth:`_finish_step` around one batched update of all its learners."""
+        calls it and :meth:`_finish_step` around one batched update of all its learners;
+        ``measure_zero_shot=False`` leaves the plan's ``zero_shot`` at ``None`` where it needs
+        an evaluation, which the batch then runs for all its envs at once (the learner does not
+        change before training)."""
         if self._stream is None or self._t >= self.n_steps:
             raise ResetNeeded("call reset() before step() (and after the episode terminated)")
         retained = None
@@ -545,8 +548,8 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
 
         # 1. the allocation decision, and what the chosen subspace knows before any update
         switched, invalid_load = self._allocate(a)
-        zero_shot = self._choose_subspace(task) if switched or step_in_phase == 0 \
-            else self._last_acc
+        zero_shot = self._choose_subspace(task, measure_zero_shot) \
+            if switched or step_in_phase == 0 else self._last_acc
         return _StepPlan(a, task, phase, step_in_phase, switched, invalid_load, zero_shot,
                          retained, written_over)
 
@@ -673,13 +676,13 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
             return True, False
         return False, False
 
-    def _choose_subspace(self, task: int) -> float:
+    def _choose_subspace(self, task: int, evaluate: bool = True) -> float | None:
         """A subspace was chosen for ``task`` (a switch or a new phase): protect the other tasks
         it served, and return its accuracy on ``task`` before any update (where a recovery
-        starts)."""
+        starts; ``None`` when not ``evaluate``: the caller measures it)."""
         self._protected = [t for t in self._active_served if t != task]
         self.learner.protect(self._protected)
-        return self.learner.evaluate(task)
+        return self.learner.evaluate(task) if evaluate else None
 
     def _end_phase(self, task: int, snapshot: tuple[dict[str, Any], float] | None = None
                    ) -> tuple[int, float, bool]:

@@ -241,21 +241,7 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
                 obs[i], infos[i] = self.envs[i].reset()  # NEXT_STEP: this step is the reset
             else:
                 stepping.append(i)
-        plans = [self.envs[i]._begin_step(acts[i]) for i in stepping]
-        tasks = [p.task for p in plans]
-        updates = self.envs[0].updates_per_step
-        together = self._batched is not None and len(stepping) == n
-        if together:
-            reports = self._batched.train(tasks, updates)
-            accs = self._batched.evaluate(tasks)
-        else:  # analytic, or some envs resetting this step: each learner by itself
-            reports = [self.envs[i].learner.train(t, updates) for i, t in
-                       zip(stepping, tasks, strict=True)]
-            accs = [self.envs[i].learner.evaluate(t) for i, t in
-                    zip(stepping, tasks, strict=True)]
-        snapshots: list[Any] = [None] * len(stepping)
-        if together and self._phase_ends():
-            snapshots = self._batched.snapshot(tasks) or snapshots
+        plans, reports, accs, snapshots = self._learn(stepping, acts)
         outcomes = []
         for i, plan, report, acc, snap in zip(stepping, plans, reports, accs, snapshots,
                                               strict=True):
@@ -280,6 +266,34 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
             AutoresetMode.SAME_STEP else ended
         return self._stack_obs(obs), rewards, terminated, truncated, {
             **self._stack_infos(infos), **extra}
+
+    def _learn(self, stepping: list[int], acts: list[Any]
+               ) -> tuple[list[Any], list[Any], list[float], list[Any]]:
+        """The learning part of a step for the envs ``stepping``: each env's plan
+        (:meth:`AllocationEnv._begin_step`), the zero-shot evaluations, the updates, the
+        evaluations and, at a phase end, the snapshots, batched when every env steps."""
+        together = self._batched is not None and len(stepping) == self.num_envs
+        plans = [self.envs[i]._begin_step(acts[i], measure_zero_shot=not together)
+                 for i in stepping]
+        tasks = [p.task for p in plans]
+        updates = self.envs[0].updates_per_step
+        if together:  # the subspaces chosen this step: their zero-shot accuracy in one pass
+            chosen = [j for j, p in enumerate(plans) if p.zero_shot is None]
+            if chosen:
+                zero_shot = self._batched.evaluate([tasks[j] for j in chosen], chosen)
+                for j, acc in zip(chosen, zero_shot, strict=True):
+                    plans[j] = plans[j]._replace(zero_shot=acc)
+            reports = self._batched.train(tasks, updates)
+            accs = self._batched.evaluate(tasks)
+        else:  # analytic, or some envs resetting this step: each learner by itself
+            reports = [self.envs[i].learner.train(t, updates) for i, t in
+                       zip(stepping, tasks, strict=True)]
+            accs = [self.envs[i].learner.evaluate(t) for i, t in
+                    zip(stepping, tasks, strict=True)]
+        snapshots: list[Any] = [None] * len(stepping)
+        if together and self._phase_ends():
+            snapshots = self._batched.snapshot(tasks) or snapshots
+        return plans, reports, accs, snapshots
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         """``getattr(env, name)(*args, **kwargs)`` on every env (an attribute: its value)."""

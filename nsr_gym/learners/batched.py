@@ -297,16 +297,20 @@ class BatchedTorchLearner:
 
     # ------------------------------------------------------------------ evaluation
     @single_threaded
-    def evaluate(self, task_ids: Sequence[int]) -> list[float]:
-        """Held-out accuracy of member ``i`` on task ``task_ids[i]``, for every member: one
-        batched pass per distinct task (its test inputs are shared by those members)."""
+    def evaluate(self, task_ids: Sequence[int], members: Sequence[int] | None = None
+                 ) -> list[float]:
+        """Held-out accuracy of member ``members[j]`` (default: every member, in order) on task
+        ``task_ids[j]``: one batched pass per distinct task (its test inputs are shared by
+        those members)."""
         tasks = [int(t) for t in task_ids]
+        who = list(range(self.n)) if members is None else [int(i) for i in members]
         if not self.batched:
-            return [m.evaluate(t) for m, t in zip(self.members, tasks, strict=True)]
+            return [self.members[i].evaluate(t) for i, t in zip(who, tasks, strict=True)]
         first = self.members[0]
-        acc = [0.0] * self.n
+        acc = [0.0] * len(who)
         for t in dict.fromkeys(tasks):
-            rows = [i for i, u in enumerate(tasks) if u == t]
+            slots = [j for j, u in enumerate(tasks) if u == t]
+            rows = [who[j] for j in slots]
             index = torch.as_tensor(rows, device=self.flat.device)
             views = [v.index_select(0, index) if len(rows) < self.n else v for v in self._views]
             x = first._cache[t][1][0]
@@ -321,9 +325,9 @@ class BatchedTorchLearner:
                 logits = torch.baddbmm(views[-1].unsqueeze(1), h, views[-2].transpose(1, 2))
                 pred = logits[..., :self._n_classes[t]].argmax(2)
                 correct = (pred == first._data[t][3]).sum(1).tolist()
-            for i, c in zip(rows, correct, strict=True):
+            for j, c in zip(slots, correct, strict=True):
                 # float32 division, as TorchLearner.evaluate
-                acc[i] = float(np.float32(c) / first._n_test[t])
+                acc[j] = float(np.float32(c) / first._n_test[t])
         return acc
 
     # ------------------------------------------------------------------ snapshots
