@@ -133,6 +133,18 @@ HARD_TRACK = ("LRUTrapSplitDigits", "SkewedRecurrencePermutedDigits",
               "AmbiguousRecallFiveDomains")
 
 
+def variant_learner_options(learner_defaults: dict[str, Any] | None,
+                            backend_learner_defaults: dict[str, dict[str, Any]] | None,
+                            backend: str, learner: dict[str, Any] | Any) -> dict[str, Any] | Any:
+    """A variant's learner options (``learner_defaults``, then those of ``backend`` in
+    ``backend_learner_defaults``) with the user's ``learner`` options on top; a ready learner
+    object is returned as it is. The one merge rule of :func:`make_env` and the batched env."""
+    if learner is not None and not isinstance(learner, dict):
+        return learner
+    defaults = {**(learner_defaults or {}), **(backend_learner_defaults or {}).get(backend, {})}
+    return {**defaults, **(learner or {})}
+
+
 def make_env(learner_defaults: dict[str, Any] | None = None,
              backend_learner_defaults: dict[str, dict[str, Any]] | None = None,
              backend: str = "torch", learner: dict[str, Any] | Any = None,
@@ -153,10 +165,8 @@ def make_env(learner_defaults: dict[str, Any] | None = None,
         learner: The user's learner options (or a ready learner).
         **kwargs: Further :class:`AllocationEnv` arguments.
     """
-    if learner is None or isinstance(learner, dict):
-        defaults = {**(learner_defaults or {}),
-                    **(backend_learner_defaults or {}).get(backend, {})}
-        learner = {**defaults, **(learner or {})}
+    learner = variant_learner_options(learner_defaults, backend_learner_defaults, backend,
+                                      learner)
     return EpisodeLength(AllocationEnv(backend=backend, learner=learner, **kwargs))
 
 
@@ -201,4 +211,4 @@ __all__ = ["ANALYTIC_SUFFIX", "DROP", "AllocationEnv", "BENCHMARKS", "ENTRY_POIN
            "HARD_TRACK", "KEEP", "LOAD_OFFSET", "PAPER_BENCHMARKS", "RESERVE_MODES",
            "RETENTION_MODES", "VECTOR_ENTRY_POINT", "WRITE_OFFSET", "RetentionInfo", "StepInfo",
            "analytic_env_id", "env_id", "has_analytic_twin", "make_env", "make_paper_env",
-           "register_envs"]
+           "register_envs", "variant_learner_options"]

@@ -48,13 +48,14 @@ def resolve_env_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """Registration kwargs (``learner_defaults``, ``backend_learner_defaults``) merged with a
     user's into plain :class:`AllocationEnv` kwargs, as the registered entry points do (the
     user's ``learner`` options on top of the variant's)."""
+    from nsr_gym.envs import variant_learner_options  # the package imports no batched env
+
     kw = dict(kwargs)
-    defaults = kw.pop("learner_defaults", None) or {}
-    per_backend = kw.pop("backend_learner_defaults", None)
-    if per_backend is not None:
-        defaults = {**defaults, **per_backend.get(kw.get("backend", "torch"), {})}
-    if defaults:
-        kw["learner"] = {**defaults, **(kw.get("learner") or {})}
+    learner = variant_learner_options(kw.pop("learner_defaults", None),
+                                      kw.pop("backend_learner_defaults", None),
+                                      kw.get("backend", "torch"), kw.get("learner"))
+    if learner:
+        kw["learner"] = learner
     return kw
 
 
