@@ -93,6 +93,8 @@ class PlanningProblem:
         n_tasks: ``M``.
         capacity: ``K``, bank slots.
         phase_length: ``L``, steps per phase.
+        phase_lengths: Steps of each phase where they differ (a task-free env draws them;
+            ``env.unwrapped.phase_starts()``); ``None``: ``L`` each.
         updates_per_step: ``U``.
         lambda_switch: Switching cost per effective non-keep action (reward units).
         acc_weight: Weight of accuracy in the reward.
@@ -111,6 +113,7 @@ class PlanningProblem:
     config: AnalyticConfig = dataclasses.field(default_factory=AnalyticConfig)
     retention: str = "agent"
     model_is_env: bool = True
+    phase_lengths: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.retention not in RETENTION_MODES:
@@ -119,6 +122,18 @@ class PlanningProblem:
             raise ValueError("with retention='env' the bank would evict (more tasks than slots); "
                              "the clairvoyant plans retention itself: make the env with "
                              "retention='agent'")
+        if self.phase_lengths is not None and len(self.phase_lengths) != len(self.schedule):
+            raise ValueError(f"phase_lengths has {len(self.phase_lengths)} phases, the schedule "
+                             f"{len(self.schedule)}")
+
+    def length(self, p: int) -> int:
+        """Steps of phase ``p``."""
+        return self.phase_length if self.phase_lengths is None else int(self.phase_lengths[p])
+
+    def starts(self) -> np.ndarray:
+        """``(n_phases,)`` the first step of every phase."""
+        lengths = [self.length(p) for p in range(len(self.schedule))]
+        return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
 
     @classmethod
     def from_env(cls, env: gym.Env, config: AnalyticConfig | dict | None = None
@@ -142,13 +157,17 @@ class PlanningProblem:
         own = u.learner.config if isinstance(u.learner, AnalyticLearner) else None
         if isinstance(config, dict):
             config = AnalyticConfig(**config)
+        lengths = None
+        if getattr(u, "task_free", False):  # drawn phase lengths: read them (privileged)
+            lengths = tuple(np.diff(np.append(u.phase_starts(), u.n_steps)).tolist())
         return cls(schedule=np.asarray(u.task_schedule(), dtype=np.int64).copy(),
                    n_tasks=int(u.n_tasks), capacity=int(u.capacity),
                    phase_length=int(u.phase_length), updates_per_step=int(u.updates_per_step),
                    lambda_switch=float(u.lambda_switch), acc_weight=float(u.acc_weight),
                    config=config or own or AnalyticConfig(),
                    retention=getattr(u, "retention", "env"),
-                   model_is_env=own is not None and (config is None or config == own))
+                   model_is_env=own is not None and (config is None or config == own),
+                   phase_lengths=lengths)
 
     def inexact_reasons(self) -> list[str]:
         """Why the exact program's optimum need not be the optimum over all action sequences."""
@@ -221,19 +240,21 @@ class _Planner:
         self.zero_key = _key(self.zero)
         self._phases: dict[tuple[int, tuple[float, ...]], tuple[float, np.ndarray, tuple]] = {}
 
-    def phase(self, task: int, start: np.ndarray, start_key: tuple[float, ...]
+    def phase(self, p: int, start: np.ndarray, start_key: tuple[float, ...]
               ) -> tuple[float, np.ndarray, tuple[float, ...]]:
-        """``(sum of acc_weight * accuracy, end vector, its key)`` of one phase from ``start``."""
-        hit = self._phases.get((task, start_key))
+        """``(sum of acc_weight * accuracy, end vector, its key)`` of phase ``p`` from
+        ``start``."""
+        task, length = int(self.pb.schedule[p]), self.pb.length(p)
+        hit = self._phases.get((task, length, start_key))
         if hit is None:
             lr, pb = self.learner, self.pb
             lr.h = start.copy()
             total = 0.0
-            for _ in range(pb.phase_length):
+            for _ in range(length):
                 lr.train(task, pb.updates_per_step)
                 total += pb.acc_weight * lr.evaluate(task)
             hit = (total, lr.h.copy(), _key(lr.h))
-            self._phases[(task, start_key)] = hit
+            self._phases[(task, length, start_key)] = hit
         return hit
 
     def bank_key(self, slots: tuple[_Entry | None, ...]) -> tuple:
@@ -287,7 +308,7 @@ class _Planner:
 
     def step(self, p: int, ch: _Choice) -> tuple[float, _State, tuple]:
         """The phase's reward under ``ch``, the next phase's start state and its key."""
-        acc, end, end_key = self.phase(int(self.pb.schedule[p]), ch.start, ch.start_key)
+        acc, end, end_key = self.phase(p, ch.start, ch.start_key)
         reward = acc - self.pb.lambda_switch * float(ch.alloc != KEEP)
         return reward, _State(end, end_key, ch.slots), (end_key, ch.bank_key)
 
@@ -346,8 +367,8 @@ def _exact(planner: _Planner, max_states: int) -> _Values:
 def _walk(planner: _Planner, dp: _Values | None) -> tuple[np.ndarray, float]:
     """Actions on the true slot layout: argmax of the program (``dp``) or the heuristic."""
     pb = planner.pb
-    L, n = pb.phase_length, len(pb.schedule)
-    actions = np.zeros((n * L, 2), dtype=np.int64)
+    n, starts = len(pb.schedule), pb.starts()
+    actions = np.zeros((n * pb.phase_length, 2), dtype=np.int64)  # the lengths sum to n * L
     st, total = _initial(pb), 0.0
     for p in range(n):
         if dp is not None:
@@ -360,7 +381,7 @@ def _walk(planner: _Planner, dp: _Values | None) -> tuple[np.ndarray, float]:
             best = _heuristic_choice(planner, p, st)
         reward, st, _ = planner.step(p, best)
         total += reward
-        actions[p * L] = (best.alloc, best.retain)
+        actions[starts[p]] = (best.alloc, best.retain)
     actions.setflags(write=False)
     return actions, total
 

@@ -49,7 +49,9 @@ def rollout(
             ``env.step``: the observation the policy saw, the ``info`` of the ``reset`` or the
             previous step (``next_task_id``, ``next_is_phase_start``, ... of the step about to
             run) and the action chosen (an ``int``; for a ``MultiDiscrete`` action space the
-            int64 array of shape ``(2,)``, allocation then retention). The env is not stepped
+            int64 array of shape ``(2,)``, allocation then retention; a policy that returns only
+            an allocation there, such as the memoryless rules, gets retention ``0``: it writes
+            nothing into the bank). The env is not stepped
             yet, so its bank still holds what the policy saw. For studies that log more than the
             step log; it changes nothing in the returned log.
 
@@ -77,6 +79,8 @@ def rollout(
         episode_start = np.zeros(1, dtype=bool)
         if multi:  # (allocation, retention): the whole vector goes to the env
             action = np.asarray(action, dtype=np.int64).reshape(-1)
+            if action.size == 1:  # a policy that only allocates keeps nothing: retention 0
+                action = np.array([action[0], 0], dtype=np.int64)
         else:
             action = int(np.asarray(action).reshape(-1)[0])
         if before_step is not None:

@@ -88,7 +88,9 @@ class Policy:
         return self.actions(observation, deterministic), state
 
 
-def _shifted(obs: Obs) -> bool:
+def shifted(obs: Obs) -> bool:
+    """Whether the rules treat the step as the start of a new task: ``task_shift`` above
+    :data:`SHIFT_THRESHOLD`."""
     return float(obs["task_shift"][0]) > SHIFT_THRESHOLD
 
 
@@ -112,7 +114,7 @@ class AlwaysFresh(Policy):
     name, memory_class = "always-fresh", "M0"
 
     def act(self, obs: Obs) -> int:
-        return FRESH if _shifted(obs) else KEEP
+        return FRESH if shifted(obs) else KEEP
 
 
 class FixedSlot(Policy):
@@ -125,7 +127,7 @@ class FixedSlot(Policy):
         self.name = "fixed-slot" if slot == 0 else f"fixed-slot-{slot}"
 
     def act(self, obs: Obs) -> int:
-        if _shifted(obs) and obs["occupied"][self.slot] > 0:
+        if shifted(obs) and obs["occupied"][self.slot] > 0:
             return LOAD_OFFSET + self.slot
         return KEEP
 
@@ -143,13 +145,16 @@ class RandomSlot(Policy):
 
     def act(self, obs: Obs) -> int:
         occupied = np.flatnonzero(obs["occupied"] > 0)
-        if not _shifted(obs) or len(occupied) == 0:
+        if not shifted(obs) or len(occupied) == 0:
             return KEEP
         return LOAD_OFFSET + int(self._rng.choice(occupied))
 
 
 class SimilarityRule(Policy):
     """NSR's recall: load the most similar entry; a fresh subspace for a task unlike any stored.
+
+    On a task-free env (``task_free=True``, whose observation has ``trained_steps``) it acts
+    only where it sees a task shift (:func:`shifted`) and keeps in between.
 
     Args:
         threshold: Cosine similarity below which the task counts as new (default: the bank's
@@ -166,6 +171,8 @@ class SimilarityRule(Policy):
         return self.threshold
 
     def act(self, obs: Obs) -> int:
+        if "trained_steps" in obs and not shifted(obs):
+            return KEEP  # task-free: similarity moves with every noisy batch; act at shifts only
         occupied = obs["occupied"] > 0
         sims = np.where(occupied, obs["similarity"], -np.inf)
         active = _active_slot(obs)
@@ -173,7 +180,7 @@ class SimilarityRule(Policy):
             best = int(np.argmax(sims))
             # Reload only when the best entry is not already the active subspace.
             return KEEP if best == active else LOAD_OFFSET + best
-        return FRESH if _shifted(obs) else KEEP
+        return FRESH if shifted(obs) else KEEP
 
 
 class AdaptiveSimilarityRule(SimilarityRule):
@@ -226,7 +233,7 @@ class RoundRobin(Policy):
         self._phase = 0
 
     def act(self, obs: Obs) -> int:
-        if not _shifted(obs):
+        if not shifted(obs):
             return KEEP
         K = len(obs["occupied"])
         slot = self._phase % K

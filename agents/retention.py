@@ -41,6 +41,13 @@ more; on the torch backend the same task lies at 0.76 or more in 95% of probe pa
 Split-Digits (0.52 at worst), 0.89 or more on FiveDomains and PermutedDigits, and other tasks at
 0.27 or less (0.69 on FiveDomains). Pass ``same_task=`` to move it.
 
+On a task-free env (``task_free=True``: the pending entry is the active subspace, pending at
+every step once it has trained; the observation has ``trained_steps``) a rule decides retention
+only where the similarity rule sees a task shift (``task_shift`` above
+:data:`~nsr_gym.agents.policies.SHIFT_THRESHOLD`): it writes the subspace it is leaving, then
+allocates. Between shifts it writes nothing and keeps. Belady's rule counts phases by the
+pending entries it decides, which a task-free env does not mark, so it refuses one.
+
 On an env with ``retention="env"`` (no ``pending`` in the observation) these rules raise a
 ``ValueError`` saying how to make the env: they would otherwise run as the similarity rule under
 the env's eviction, and a table would credit them with it.
@@ -53,7 +60,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from nsr_gym.agents.policies import Obs, Policy, SimilarityRule
+from nsr_gym.agents.policies import Obs, Policy, SimilarityRule, shifted
 from nsr_gym.bank import SIMILARITY_THRESHOLD
 from nsr_gym.envs import DROP, WRITE_OFFSET
 
@@ -138,7 +145,7 @@ class RetentionRule(Policy):
         if not (obs["occupied"] > 0).any():
             self._written = {}
         retention = DROP
-        if obs["pending"][0] > 0:
+        if obs["pending"][0] > 0 and ("trained_steps" not in obs or shifted(obs)):
             retention = self.retain(obs)
             slot = retention - WRITE_OFFSET
             if retention != DROP and slot != own_slot(obs, self.same_task):
@@ -267,6 +274,10 @@ class BeladyRetention(RetentionRule):
         return float(phase + later[0]) if len(later) else float("inf")
 
     def retain(self, obs: Obs) -> int:
+        if "trained_steps" in obs:
+            raise ValueError("belady-retain counts phases by the pending entries it decides, "
+                             "which a task-free env (task_free=True) does not mark: use the "
+                             "clairvoyant as the reference there")
         schedule = self._bound()
         occupied = set(np.flatnonzero(obs["occupied"] > 0).tolist())
         if occupied != set(self._owner):

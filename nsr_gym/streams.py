@@ -18,6 +18,12 @@ A stream is a sequence of phases of ``phase_length`` steps each; phase ``p`` ser
   ``(1 - q) ** (d - 1)`` (``geometric``, default ``q = 0.1``). ``"zipf:1.5"`` or
   ``"geometric:0.3"`` sets the parameter. An LRU bank of ``K`` slots holds the revisited task
   exactly when ``d < K``, so the law sets how much a capped bank can serve.
+
+Phase lengths are ``L`` each by default. ``random_lengths=True`` (the task-free benchmarks)
+draws them from the seed instead: ``n_phases`` lengths of at least ``max(1, L // 3)`` steps that
+sum to ``n_phases * L`` (the episode keeps its length), the rest spread by a flat Dirichlet
+share, so a phase runs from ``L // 3`` to several times ``L`` and a step counter cannot time a
+boundary (:func:`random_phase_lengths`).
 """
 
 from __future__ import annotations
@@ -47,17 +53,30 @@ SCHEDULES = _ScheduleNames(("cyclic", "sequential", "recurring", "revisit", *REC
 
 @dataclass(frozen=True)
 class TaskStream:
-    """A schedule of tasks and its phase length.
+    """A schedule of tasks and its phase lengths.
 
     Attributes:
         schedule: ``(n_phases,)`` int64 task id per phase.
-        phase_length: ``L``, steps per phase.
+        phase_length: ``L``, steps per phase (the mean one when ``phase_lengths`` is given).
         n_tasks: ``M``, number of distinct tasks the benchmark defines.
+        phase_lengths: ``(n_phases,)`` int64 steps of each phase, summing to
+            ``n_phases * L``; ``None``: ``L`` each.
     """
 
     schedule: np.ndarray
     phase_length: int
     n_tasks: int
+    phase_lengths: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        lengths = self.phase_lengths
+        if lengths is None:
+            return
+        if lengths.shape != self.schedule.shape or lengths.min(initial=1) < 1 \
+                or int(lengths.sum()) != self.n_steps:
+            raise ValueError(f"phase_lengths must be {len(self.schedule)} positive lengths "
+                             f"summing to {self.n_steps}, got {lengths!r}")
+        object.__setattr__(self, "_starts", np.concatenate([[0], np.cumsum(lengths)[:-1]]))
 
     @property
     def n_phases(self) -> int:
@@ -67,9 +86,37 @@ class TaskStream:
     def n_steps(self) -> int:
         return self.n_phases * self.phase_length
 
+    def phase_at(self, step: int) -> tuple[int, int]:
+        """``(phase, step within it)`` of global step ``step`` (``0 .. n_steps - 1``)."""
+        if self.phase_lengths is None:
+            return divmod(int(step), self.phase_length)
+        phase = int(np.searchsorted(self._starts, step, side="right")) - 1
+        return phase, int(step - self._starts[phase])
+
     def task_at(self, step: int) -> int:
         """Task served at global step ``step`` (``0 .. n_steps - 1``)."""
-        return int(self.schedule[step // self.phase_length])
+        return int(self.schedule[self.phase_at(step)[0]])
+
+    def is_phase_start(self, step: int) -> bool:
+        """Whether ``step`` begins a phase (``n_steps``, the end of the stream, does not)."""
+        return 0 <= step < self.n_steps and self.phase_at(step)[1] == 0
+
+    def phase_starts(self) -> np.ndarray:
+        """``(n_phases,)`` int64: the global step at which each phase begins."""
+        if self.phase_lengths is None:
+            return np.arange(self.n_phases, dtype=np.int64) * self.phase_length
+        return self._starts.astype(np.int64, copy=True)
+
+
+def random_phase_lengths(n_phases: int, phase_length: int, rng: np.random.Generator
+                         ) -> np.ndarray:
+    """``(n_phases,)`` int64 phase lengths drawn from ``rng``: each at least
+    ``max(1, L // 3)``, summing to ``n_phases * L``; the steps above the minimum are spread by a
+    multinomial draw on a flat Dirichlet share (mean ``L``, standard deviation near ``2L / 3``)."""
+    shortest = max(1, phase_length // 3)
+    spare = n_phases * (phase_length - shortest)
+    shares = rng.dirichlet(np.ones(n_phases)) if n_phases > 1 else np.ones(1)
+    return (shortest + rng.multinomial(spare, shares)).astype(np.int64)
 
 
 def make_stream(
@@ -78,6 +125,7 @@ def make_stream(
     phase_length: int,
     n_cycles: int = 1,
     rng: np.random.Generator | None = None,
+    random_lengths: bool = False,
 ) -> TaskStream:
     """Build a task stream.
 
@@ -87,6 +135,8 @@ def make_stream(
         phase_length: ``L >= 1`` steps per phase.
         n_cycles: ``C >= 1``; for ``recurring`` the stream has ``C * M`` phases.
         rng: Generator for ``recurring`` and ``revisit`` (required there, ignored otherwise).
+        random_lengths: Draw the phase lengths from ``rng`` (:func:`random_phase_lengths`,
+            after the schedule's own draws) instead of ``L`` each.
 
     Raises:
         ValueError: on an unknown kind or non-positive sizes, saying which value to change.
@@ -105,7 +155,12 @@ def make_stream(
         schedule = _random_schedule(kind, n_tasks, n_cycles, rng)
     else:
         raise ValueError(f"unknown schedule {kind!r}; choose one of {SCHEDULES}")
-    return TaskStream(schedule.astype(np.int64), int(phase_length), int(n_tasks))
+    lengths = None
+    if random_lengths:
+        if rng is None:
+            raise ValueError("random phase lengths need rng (a seeded numpy Generator)")
+        lengths = random_phase_lengths(len(schedule), int(phase_length), rng)
+    return TaskStream(schedule.astype(np.int64), int(phase_length), int(n_tasks), lengths)
 
 
 def _random_schedule(kind: str, n_tasks: int, n_cycles: int,

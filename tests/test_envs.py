@@ -70,7 +70,7 @@ def _trajectory(env_id: str, backend: str, seed: int) -> list:
     while not done:
         action = _random_valid_action(env, rng)
         obs, reward, term, trunc, info = env.step(action)
-        out.append((np.asarray(action).tolist(), reward, info["accuracy"], info["task_id"],
+        out.append((np.asarray(action).tolist(), reward, info["accuracy"], info.get("task_id"),
                     obs["similarity"].tolist()))
         done = term or trunc
     env.close()

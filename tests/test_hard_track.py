@@ -42,7 +42,7 @@ def _random_action(env: gym.Env, rng: np.random.Generator):
 
 
 def test_the_hard_track_is_registered_and_differs_by_kwargs_only():
-    assert len(HARD_TRACK) == len(set(HARD_TRACK)) == 3
+    assert len(HARD_TRACK) == len(set(HARD_TRACK)) == 4
     for name in HARD_TRACK:
         assert name in BENCHMARKS and env_id(name) in gym.registry
         assert gym.spec(env_id(name)).entry_point.startswith("nsr_gym.envs")
@@ -51,6 +51,10 @@ def test_the_hard_track_is_registered_and_differs_by_kwargs_only():
         3, 5, "cyclic", "agent")
     skew = gym.make(env_id("SkewedRecurrencePermutedDigits"), backend="analytic").unwrapped
     assert skew.capacity < skew.n_tasks and skew.schedule_kind.startswith("zipf")
+    free = gym.make(env_id("TaskFreePermutedDigits"), backend="analytic").unwrapped
+    assert free.task_free and free.retention == "agent"
+    assert free.learner.config.probe_noise == 0.2
+    assert gym.make(env_id("TaskFreePermutedDigits")).unwrapped.learner.config.probe_size == 8
 
 
 def test_ambiguous_recall_takes_each_backends_learner_options():

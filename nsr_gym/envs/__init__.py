@@ -46,6 +46,7 @@ from nsr_gym.envs.allocation import (
     LOAD_OFFSET,
     RESERVE_MODES,
     RETENTION_MODES,
+    TASK_FREE_HIDDEN,
     WRITE_OFFSET,
     AllocationEnv,
     RetentionInfo,
@@ -127,10 +128,20 @@ BENCHMARKS: dict[str, dict] = {
         updates_per_step=2,
         backend_learner_defaults=dict(torch=dict(probe_size=4),
                                       analytic=dict(task_similarity=0.9, probe_noise=0.15))),
+    # Task-free: no boundary signal. Phase lengths are drawn (10 to ~150 steps, 600 in all), the
+    # observation's embedding is a fresh probe batch at every step, and the action's second part
+    # writes the active subspace into a slot: the agent detects shifts and reserves by itself.
+    # Ten-way permuted tasks, so that keeping one subspace for all of them costs (fine-tuning
+    # forgets), and small probe batches, so that a shift is hard to tell from noise: 8 examples
+    # on torch (64 elsewhere), probe noise 0.2 on the analytic model (0.05 elsewhere).
+    "TaskFreePermutedDigits": dict(
+        tasks="permuted_digits", n_tasks=5, schedule="recurring", phase_length=30, n_cycles=4,
+        updates_per_step=2, retention="agent", task_free=True,
+        backend_learner_defaults=dict(torch=dict(probe_size=8), analytic=dict(probe_noise=0.2))),
 }
 #: The hard track's benchmarks (names in :data:`BENCHMARKS`); the rest are the standard track.
 HARD_TRACK = ("LRUTrapSplitDigits", "SkewedRecurrencePermutedDigits",
-              "AmbiguousRecallFiveDomains")
+              "AmbiguousRecallFiveDomains", "TaskFreePermutedDigits")
 
 
 def variant_learner_options(learner_defaults: dict[str, Any] | None,
@@ -209,6 +220,7 @@ def register_envs() -> None:
 
 __all__ = ["ANALYTIC_SUFFIX", "DROP", "AllocationEnv", "BENCHMARKS", "ENTRY_POINT", "FRESH",
            "HARD_TRACK", "KEEP", "LOAD_OFFSET", "PAPER_BENCHMARKS", "RESERVE_MODES",
-           "RETENTION_MODES", "VECTOR_ENTRY_POINT", "WRITE_OFFSET", "RetentionInfo", "StepInfo",
+           "RETENTION_MODES", "TASK_FREE_HIDDEN", "VECTOR_ENTRY_POINT", "WRITE_OFFSET",
+           "RetentionInfo", "StepInfo",
            "analytic_env_id", "env_id", "has_analytic_twin", "make_env", "make_paper_env",
            "register_envs", "variant_learner_options"]

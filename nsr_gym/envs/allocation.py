@@ -26,7 +26,8 @@ from nsr_gym.learners.factory import BACKENDS
 from nsr_gym.streams import TaskStream, make_stream
 
 __all__ = ["BACKENDS", "DROP", "FRESH", "KEEP", "LOAD_OFFSET", "RESERVE_MODES",
-           "RETENTION_MODES", "WRITE_OFFSET", "AllocationEnv", "RetentionInfo", "StepInfo"]
+           "RETENTION_MODES", "TASK_FREE_HIDDEN", "WRITE_OFFSET", "AllocationEnv",
+           "RetentionInfo", "StepInfo"]
 
 #: Where the env reserves the active subspace at a phase end (see ``AllocationEnv``).
 RESERVE_MODES = ("owner", "active")
@@ -41,6 +42,10 @@ LOAD_OFFSET = 2
 DROP = 0
 WRITE_OFFSET = 1
 _ALWAYS_VALID = np.ones(LOAD_OFFSET, dtype=bool)  # keep and fresh, first in every action mask
+#: Info keys a task-free env (``task_free=True``) leaves out unless ``privileged_info=True``:
+#: each names the task or times a boundary, which a task-free agent must find by itself.
+TASK_FREE_HIDDEN = ("next_is_phase_start", "task_id", "phase", "step_in_phase", "visit",
+                    "is_revisit", "phase_end", "zero_shot_accuracy", "evicted_task")
 
 
 class StepInfo(NamedTuple):
@@ -127,6 +132,7 @@ class _StepPlan(NamedTuple):
     zero_shot: float | None
     retained: RetentionInfo | None
     written_over: int
+    reserved: tuple[float, bool] | None = None  # task-free: a write's (truncation gap, skipped)
 
 
 class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
@@ -167,6 +173,20 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
     env calls ``learner.protect(tasks_served - {current task})``, where ``tasks_served`` is the
     loaded entry's (in ``"owner"`` mode just its task), plus every task trained since.
 
+    ``task_free=True`` (needs ``retention="agent"``) is task-free continual learning: the env
+    gives no boundary signal and reserves nothing by itself. Phase lengths are drawn from the seed
+    (:func:`~nsr_gym.streams.random_phase_lengths`: from ``L // 3`` steps to several times ``L``,
+    the episode's length unchanged). Every step the learner embeds a fresh probe batch of the
+    data it is about to train on (``embedding`` is then that noisy batch's, not a phase's), so
+    ``similarity`` and ``task_shift`` move at every step, and the agent detects a shift from them
+    and from its own accuracy. Reserving is the agent's action: the retention part writes the
+    *active subspace*, compressed at that moment, into a slot (the pending entry is the active
+    subspace itself, with key the mean batch embedding of the steps it trained since it was
+    chosen, plus the loaded entry's key when it came from the bank). Distillation protects what
+    the chosen subspace served only when the agent chooses it. The info's keys that name the
+    task or time a boundary (:data:`TASK_FREE_HIDDEN`) are left out unless
+    ``privileged_info=True``.
+
     ## Action Space
     ``Discrete(K + 2)``: ``0`` keep the active subspace, ``1`` start a fresh one, ``2 + k`` load
     bank slot ``k``. Loading an empty slot is a no-op (no switching cost) flagged by
@@ -182,7 +202,9 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
     ``MultiDiscrete`` mask, both parts concatenated: ``(K + 2) + (K + 1)`` booleans, ``load k``
     valid where slot ``k`` is occupied before this step's write, every retention value while an
     entry is pending and only ``0`` otherwise. Any other shape or value (out of range, NaN, not
-    integers) raises ``ValueError``.
+    integers) raises ``ValueError``. With ``task_free=True`` the same action, where the
+    retention part ``1 + k`` writes the active subspace into slot ``k`` (valid once it has
+    trained a step since it was chosen) and ``0`` writes nothing.
 
     ## Observation Space
     A ``Dict`` of float32 ``Box`` parts; none names the task:
@@ -209,7 +231,13 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
     |                    |       | what ``similarity[k]`` reads once it is written into slot k   |
 
     ``usage`` counts loads, which are the revisits an agent observed, so no separate hit count
-    is needed.
+    is needed. With ``task_free=True`` the pending entry is the active subspace (see above),
+    pending while it has trained since it was chosen, and one more key:
+
+    | key           | shape | meaning                                                         |
+    |---------------|-------|-----------------------------------------------------------------|
+    | trained_steps | (1,)  | steps the active subspace trained since it was chosen, over L,  |
+    |               |       | clipped at 1                                                    |
 
     ## Rewards
     ``acc_weight * accuracy - lambda_switch * switched`` where ``switched`` is 1 for any action
@@ -277,6 +305,7 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
         render_mode: str | None = None,
         capacity_bytes: int | None = None,
         privileged_info: bool = False,
+        task_free: bool = False,
     ) -> None:
         """
         Args:
@@ -313,7 +342,11 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
                 ``next_task_slot``) to every info, for reference agents and studies that
                 measure against it. Off by default, so that a client that feeds ``info`` to its
                 agent does not leak the task's identity; :meth:`oracle_info` reads the same
-                values on demand.
+                values on demand. With ``task_free=True`` it also keeps the keys of
+                :data:`TASK_FREE_HIDDEN`.
+            task_free: Task-free continual learning (needs ``retention="agent"``): random phase
+                lengths, no boundary signal, a probe batch per step, and reserving is the
+                agent's action; see the class docstring.
         """
         # ---- configuration
         if isinstance(learner, Learner) and n_tasks != learner.n_tasks:
@@ -345,6 +378,14 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
             raise ValueError(f"invalid AllocationEnv configuration: privileged_info must be True "
                              f"or False, got {privileged_info!r}")
         self.privileged_info = bool(privileged_info)
+        if not isinstance(task_free, (bool, np.bool_)):
+            raise ValueError(f"invalid AllocationEnv configuration: task_free must be True or "
+                             f"False, got {task_free!r}")
+        if task_free and retention != "agent":
+            raise ValueError("invalid AllocationEnv configuration: task_free=True needs "
+                             "retention='agent' (no boundary tells the env when to reserve, so "
+                             "the agent's action writes the active subspace into the bank)")
+        self.task_free = bool(task_free)
         self.n_phases = self.n_tasks * self.n_cycles
         self.n_steps = self.n_phases * self.phase_length
 
@@ -363,6 +404,8 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
                                       capacity_bytes=capacity_bytes)
         self._stream: TaskStream | None = None  # set by reset
         self._pending: BankEntry | None = None  # retention="agent": the entry awaiting a decision
+        self._begin_candidate(None)  # task_free: the active subspace's key so far (reset again)
+        self._last_trained = -1  # task_free: the task of the latest update (a write's owner)
 
         # ---- spaces
         K = self.capacity
@@ -385,6 +428,9 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
                 "similarity_pending": spaces.Box(-1.0, 1.0, (1,), np.float32),
             })
             self.action_space = spaces.MultiDiscrete([K + LOAD_OFFSET, K + WRITE_OFFSET])
+        if self.task_free:
+            self.observation_space = spaces.Dict({**self.observation_space.spaces,
+                                                  "trained_steps": unit(1)})
 
     def _get_obs(self) -> dict[str, np.ndarray]:
         """The observation: fresh float32 arrays every step (callers may keep them)."""
@@ -403,19 +449,32 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
         }
         if self.retention == "agent":
             obs.update(self._pending_obs())
+        if self.task_free:
+            obs["trained_steps"] = np.array(
+                [min(self._candidate_steps / self.phase_length, 1.0)], dtype=np.float32)
         return obs
 
     def _pending_obs(self) -> dict[str, np.ndarray]:
         """The observation's ``retention="agent"`` parts (zeros while nothing is pending)."""
-        pending = self._pending
-        if pending is None:
+        if not self._has_pending():
             return {"pending": np.zeros(1, np.float32),
                     "pending_similarity": np.zeros(self.capacity, np.float32),
                     "similarity_pending": np.zeros(1, np.float32)}
+        key = self._candidate_key() if self.task_free else self._pending.key
         return {"pending": np.ones(1, np.float32),
-                "pending_similarity": self.bank.similarities(pending.key),
-                "similarity_pending": np.array([_cosine(self._embedding, pending.key)],
+                "pending_similarity": self.bank.similarities(key),
+                "similarity_pending": np.array([_cosine(self._embedding, key)],
                                                dtype=np.float32)}
+
+    def _has_pending(self) -> bool:
+        """Whether an entry awaits the retention decision: the reserved subspace of the last
+        phase, or (``task_free``) the active subspace once it has trained since chosen."""
+        return self._candidate_steps > 0 if self.task_free else self._pending is not None
+
+    def _candidate_key(self) -> np.ndarray:
+        """``task_free``: the key the active subspace would be written with, ``(key_dim,)``
+        float32: the mean batch embedding of its steps (and the loaded entry's key)."""
+        return (self._candidate_sum / self._candidate_count).astype(np.float32)
 
     def _get_info(self, step: StepInfo | None = None,
                   retained: RetentionInfo | None = None) -> dict[str, Any]:
@@ -433,9 +492,8 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
         ``int(value)``.
         """
         view = self.bank.view
-        done = self._t >= self.n_steps
         info: dict[str, Any] = {
-            "next_is_phase_start": np.int64(not done and self._t % self.phase_length == 0),
+            "next_is_phase_start": np.int64(self._stream.is_phase_start(self._t)),
             "bank_entries": np.int64(view.entries),
             "bank_bytes": np.int64(view.nbytes),
             "action_mask": self.action_masks(),
@@ -449,6 +507,9 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
         for part in parts:
             info.update({k: np.int64(v) if isinstance(v, integer) else np.float64(v)
                          for k, v in part.items()})
+        if self.task_free and not self.privileged_info:
+            for k in TASK_FREE_HIDDEN:
+                del info[k]
         return info
 
     def oracle_info(self) -> dict[str, int]:
@@ -477,7 +538,7 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
         if self.retention == "env":
             return allocation
         retention = np.zeros(self.capacity + WRITE_OFFSET, dtype=bool)
-        retention[DROP if self._pending is None else slice(None)] = True
+        retention[slice(None) if self._has_pending() else DROP] = True
         return np.concatenate((allocation, retention))
 
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
@@ -491,7 +552,8 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
         """
         super().reset(seed=seed)
         self._stream = make_stream(self.schedule_kind, self.n_tasks, self.phase_length,
-                                   self.n_cycles, rng=self.np_random)
+                                   self.n_cycles, rng=self.np_random,
+                                   random_lengths=self.task_free)
         self.learner.reset(self.np_random)
         if (self.bank.eviction, self.bank.capacity_bytes) != (self.eviction, self.capacity_bytes):
             # a bank loaded last episode kept its own policy and budget: back to the env's
@@ -506,6 +568,8 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
         self._task_keys: dict[int, np.ndarray] = {}  # latest probe embedding per task seen
         self._last_acc = 0.0
         self._visits = np.zeros(self.n_tasks, dtype=np.int64)
+        self._begin_candidate(None)
+        self._last_trained = -1  # task_free: the task of the latest update (a write's owner)
         if (options or {}).get("bank") is not None:
             self.bank = self._read_bank(options["bank"])
         self._embedding = self.learner.embed(self._stream.task_at(0))
@@ -536,22 +600,29 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
             a, r = validation.parse_retention_action(action, self.capacity)
         else:
             a = validation.parse_action(action, self.action_space.n)
-        task = self._stream.task_at(self._t)
-        phase, step_in_phase = divmod(self._t, self.phase_length)
+        phase, step_in_phase = self._stream.phase_at(self._t)
+        task = int(self._stream.schedule[phase])
         if step_in_phase == 0:
             self._visits[task] += 1
 
-        # 0. retention="agent": the pending entry is written or dropped before the allocation
-        written_over = -1
-        if self.retention == "agent":
+        # 0. retention="agent": the pending entry (task_free: the active subspace) is written or
+        #    dropped before the allocation
+        written_over, reserved = -1, None
+        if self.task_free:
+            retained, written_over, reserved = self._write_active(r)
+        elif self.retention == "agent":
             retained, written_over = self._retain(r)
 
         # 1. the allocation decision, and what the chosen subspace knows before any update
         switched, invalid_load = self._allocate(a)
-        zero_shot = self._choose_subspace(task, measure_zero_shot) \
-            if switched or step_in_phase == 0 else self._last_acc
+        if switched or (step_in_phase == 0 and not self.task_free):
+            zero_shot = self._choose_subspace(task, measure_zero_shot)
+        elif step_in_phase == 0:  # task_free: measured for the metrics; the learner is not told
+            zero_shot = self.learner.evaluate(task) if measure_zero_shot else None
+        else:
+            zero_shot = self._last_acc
         return _StepPlan(a, task, phase, step_in_phase, switched, invalid_load, zero_shot,
-                         retained, written_over)
+                         retained, written_over, reserved)
 
     def _finish_step(self, plan: _StepPlan, report: UpdateReport, acc: float,
                      snapshot: tuple[dict[str, Any], float] | None = None
@@ -567,16 +638,21 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
         """
         # 2. the reward of what training reached
         a, task, phase, step_in_phase, switched, invalid_load, zero_shot, retained, \
-            written_over = plan
+            written_over, reserved = plan
         reward = self.acc_weight * acc - self.lambda_switch * float(switched)
         self._last_acc = acc
         self._t += 1
 
-        # 3. at the phase end: compress and reserve, then probe the next task
-        phase_end = self._t % self.phase_length == 0
-        self._task_shift = 0.0
-        evicted_task, gap, skipped = self._end_phase(task, snapshot) if phase_end \
-            else (-1, 0.0, False)
+        # 3. at the phase end: compress and reserve, then probe the next task (task_free: no
+        #    reserve, and a probe of the next step's batch at every step)
+        phase_end = self._phase_ends_at(self._t)
+        if self.task_free:
+            evicted_task, (gap, skipped) = -1, reserved or (0.0, False)
+            self._trained_on(task)
+        else:
+            self._task_shift = 0.0
+            evicted_task, gap, skipped = self._end_phase(task, snapshot) if phase_end \
+                else (-1, 0.0, False)
         evicted_task = max(evicted_task, written_over)  # one of them: an agent's env never evicts
         terminated = self._t >= self.n_steps
 
@@ -587,6 +663,16 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
         if self.render_mode == "ansi":
             self._last_render = self._render_line(a, task, acc, reward, retained)
         return float(reward), bool(terminated), done, retained
+
+    def _phase_ends_at(self, t: int) -> bool:
+        """Whether a phase ends just before global step ``t`` (a new one starts, or the stream
+        ends)."""
+        return t == self.n_steps or self._stream.is_phase_start(t)
+
+    def _reserves_after_step(self) -> bool:
+        """Whether the step being taken ends in the env's own reserve (a phase end; never with
+        ``task_free``, where reserving is the agent's)."""
+        return not self.task_free and self._phase_ends_at(self._t + 1)
 
     def render(self) -> str | None:
         """``"ansi"``: one line for the last step (time, task, action, accuracy, reward, bank)."""
@@ -633,6 +719,20 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
             raise ResetNeeded("call reset() before task_schedule(): reset draws the stream")
         return self._stream.schedule.astype(np.int64, copy=True)
 
+    def phase_starts(self) -> np.ndarray:
+        """``(n_phases,)`` int64: the step at which each phase of this episode begins (``L``
+        apart, except with ``task_free``, whose lengths are drawn).
+
+        Privileged information, as :meth:`task_schedule` (with ``task_free`` it times every
+        boundary the agent has to detect).
+
+        Raises:
+            ResetNeeded: before the first ``reset``.
+        """
+        if self._stream is None:
+            raise ResetNeeded("call reset() before phase_starts(): reset draws the stream")
+        return self._stream.phase_starts()
+
     def _read_bank(self, path: str | os.PathLike) -> TaskKnowledgeBank:
         bank = TaskKnowledgeBank.load(path)
         check_bank_fits(bank, path, self.backend, self.learner, self.capacity, self.n_tasks)
@@ -659,11 +759,58 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
         self._active_slot = slot
         return RetentionInfo(r, slot, 0), -1 if old is None else old.owner
 
+    def _write_active(self, r: int) -> tuple[RetentionInfo, int, tuple[float, bool] | None]:
+        """``task_free``: apply retention action ``r`` to the active subspace: ``0`` writes
+        nothing, ``1 + k`` compresses it now and writes it into slot ``k`` (owner: the task of
+        its latest update, for the metrics; key: :meth:`_candidate_key`).
+
+        Returns:
+            ``(what it did, owner of another task's entry the write overwrote or -1, (truncation
+            gap, skipped) of a write or None)``; a non-finite subspace is not written.
+        """
+        if not self._has_pending():
+            return RetentionInfo(-1, -1, int(r != DROP)), -1, None
+        if r == DROP:
+            return RetentionInfo(DROP, -1, 0), -1, None
+        payload, gap = self._compress(self._last_trained)
+        if payload is None:
+            return RetentionInfo(r, -1, 0), -1, (0.0, True)
+        slot = r - WRITE_OFFSET
+        entry = BankEntry(key=self._candidate_key(), tensors=payload, owner=self._last_trained,
+                          tasks_served=list(self._active_served))
+        old = self.bank.write(slot, entry, self._t)
+        self._active_slot = slot
+        written_over = -1 if old is None or old.owner == entry.owner else old.owner
+        return RetentionInfo(r, slot, 0), written_over, (gap, False)
+
+    def _begin_candidate(self, key: np.ndarray | None) -> None:
+        """``task_free``: a subspace was chosen (``key``: the loaded entry's, None: a fresh
+        one); the key it would be written with starts from there."""
+        self._candidate_steps, self._candidate_count = 0, 0 if key is None else 1
+        self._candidate_sum = np.zeros(self.learner.key_dim) if key is None \
+            else key.astype(np.float64)
+
+    def _trained_on(self, task: int) -> None:
+        """``task_free``: the active subspace trained a step on ``task`` (with the batch of
+        ``embedding``); then probe the next step's batch."""
+        self._candidate_sum += self._embedding
+        self._candidate_count += 1
+        self._candidate_steps += 1
+        self._last_trained = task
+        if task not in self._active_served:
+            self._active_served.append(task)
+        if self._t < self.n_steps:
+            new_embedding = self.learner.embed(self._stream.task_at(self._t))
+            self._task_shift = _task_shift(self._embedding, new_embedding)
+            self._embedding = new_embedding
+
     def _allocate(self, a: int) -> tuple[bool, bool]:
         """Apply action ``a`` to the active subspace; returns ``(switched, invalid_load)``."""
         if a == FRESH:
             self.learner.fresh()
             self._active_slot, self._active_served = None, []
+            if self.task_free:
+                self._begin_candidate(None)
             return True, False
         if a >= LOAD_OFFSET:
             k = a - LOAD_OFFSET
@@ -673,6 +820,8 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
             self.learner.load(entry.tensors)
             self.bank.touch(k, self._t)
             self._active_slot, self._active_served = k, list(entry.tasks_served)
+            if self.task_free:
+                self._begin_candidate(entry.key)
             return True, False
         return False, False
 
@@ -711,13 +860,8 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
         if task not in self._active_served:
             self._active_served.append(task)
         self._task_keys[task] = self._embedding
-        try:
-            payload, gap = self.learner.snapshot(task) if snapshot is None else snapshot
-        except ValueError as err:  # compress_lora refuses NaN/inf factors; anything else is a bug
-            if "finite" not in str(err):
-                raise
-            payload, gap = None, 0.0
-        if payload is None or not validation.payload_is_finite(payload):
+        payload, gap = self._compress(task) if snapshot is None else _finite(snapshot)
+        if payload is None:
             return -1, 0.0, True
         if self.reserve == "owner":
             entry = BankEntry(key=self._embedding.copy(), tensors=payload, owner=task,
@@ -745,6 +889,16 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
         self._active_slot = slot
         return evicted_task, gap, False
 
+    def _compress(self, task: int) -> tuple[dict[str, Any] | None, float]:
+        """``learner.snapshot(task)``: the active subspace compressed and the accuracy on
+        ``task`` it cost; ``(None, 0.0)`` for a non-finite subspace (never stored)."""
+        try:
+            return _finite(self.learner.snapshot(task))
+        except ValueError as err:  # compress_lora refuses NaN/inf factors; anything else is a bug
+            if "finite" not in str(err):
+                raise
+            return None, 0.0
+
     def _render_line(self, action: int, task: int, acc: float, reward: float,
                      retained: RetentionInfo | None = None) -> str:
         names = {KEEP: "keep", FRESH: "fresh"}
@@ -755,6 +909,15 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
             kept = " drop" if retained.stored_slot < 0 else f" write[{retained.stored_slot}]"
         return (f"t={self._t:5d} task={task} action={act:9s} acc={acc:.3f} "
                 f"reward={reward:+.3f} bank=[{occ}]{kept}")
+
+
+def _finite(snapshot: tuple[dict[str, Any] | None, float]
+            ) -> tuple[dict[str, Any] | None, float]:
+    """A snapshot ``(payload, gap)``, or ``(None, 0.0)`` when its payload is not finite."""
+    payload, gap = snapshot
+    if payload is None or not validation.payload_is_finite(payload):
+        return None, 0.0
+    return payload, gap
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:

@@ -37,7 +37,7 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
-from nsr_gym.envs.allocation import AllocationEnv, RetentionInfo, StepInfo
+from nsr_gym.envs.allocation import TASK_FREE_HIDDEN, AllocationEnv, RetentionInfo, StepInfo
 from nsr_gym.learners import TorchLearner
 from nsr_gym.learners.batched import BatchedTorchLearner, clone_learner
 
@@ -148,7 +148,7 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
         columns (the same keys, values and dtypes; ``tests/test_batched_env.py`` compares them
         with single envs')."""
         envs, n = self.envs, self.num_envs
-        head = np.array([(int(e._t < e.n_steps and e._t % e.phase_length == 0),
+        head = np.array([(int(e._stream.is_phase_start(e._t)),
                           e.bank.view.entries, e.bank.view.nbytes) for e in envs],
                         dtype=np.int64)
         columns: list[tuple[str, np.ndarray]] = [
@@ -168,15 +168,18 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
                 col = table[:, j]
                 columns.append((name, col.astype(np.int64) if integer else col.copy()))
         out: dict[str, Any] = {}
+        hidden = set(TASK_FREE_HIDDEN) if envs[0].task_free and not envs[0].privileged_info \
+            else set()
         for name, values in columns:
-            out[name], out[f"_{name}"] = values, np.ones(n, dtype=bool)
+            if name not in hidden:
+                out[name], out[f"_{name}"] = values, np.ones(n, dtype=bool)
         return out
 
-    def _phase_ends(self) -> bool:
-        """Whether the step being taken ends a phase in every env (the envs share the phase
-        length and reset together, so they end phases together; checked, not assumed)."""
-        ends = [(e._t + 1) % e.phase_length == 0 for e in self.envs]
-        return all(ends)
+    def _reserves(self) -> bool:
+        """Whether the step being taken ends in the env's own reserve in every env (a phase end:
+        the envs share the phase length and reset together, so they end phases together;
+        checked, not assumed; never with ``task_free``, whose phase lengths differ)."""
+        return all(e._reserves_after_step() for e in self.envs)
 
     def action_masks(self) -> np.ndarray:
         """``(N, mask_len)`` bool: each env's :meth:`AllocationEnv.action_masks`."""
@@ -292,7 +295,7 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
             accs = [self.envs[i].learner.evaluate(t) for i, t in
                     zip(stepping, tasks, strict=True)]
         snapshots: list[Any] = [None] * len(stepping)
-        if together and self._phase_ends():
+        if together and self._reserves():
             snapshots = self._batched.snapshot(tasks) or snapshots
         return plans, reports, accs, snapshots
 

@@ -46,6 +46,11 @@ RULES: dict[str, str | None] = {
     "keep-current": "env", "always-fresh": "env", "similarity": "env",
     "pin": "agent", "lfu-retain": "agent", "lru-retain": "agent", "clairvoyant": None,
 }
+#: On a task-free id (``task_free=True``, where the env never reserves and every rule runs under
+#: ``retention="agent"``) the agent an entry of :data:`RULES` is made from: the similarity rule
+#: with the env's default retention is the rule that writes the subspace it leaves at each shift
+#: it detects by the default eviction, LRU (``lru-retain``); the memoryless rules write nothing.
+TASK_FREE_SPECS = {"similarity": "lru-retain"}
 #: Memory class of every agent, for :func:`nsr_gym.stats.normalized_scores`.
 CLASSES = {"keep-current": "M0", "always-fresh": "M0", "clairvoyant": "oracle"}
 RETENTION_RULES = ("pin", "lfu-retain", "lru-retain")
@@ -127,14 +132,23 @@ def episode_unit(unit: Unit) -> dict[str, Any]:
 
 
 def headroom_units(ids: list[str], seeds: list[int], quick: bool) -> list[Unit]:
-    """Every rule on every id, backend and seed (the rules' ``retention`` per :data:`RULES`)."""
+    """Every rule on every id, backend and seed (the rules' ``retention`` per :data:`RULES`; on
+    a task-free id ``"agent"`` for all, and the agents of :data:`TASK_FREE_SPECS`)."""
     import gymnasium as gym
 
     own = {eid: gym.spec(eid).kwargs.get("retention", "env") for eid in ids}
-    return [Unit(agent, seed, {"env_id": eid,
-                               "env_kwargs": _env_kwargs(eid, b, ret or own[eid], quick),
-                               "tags": {"env_id": eid, "backend": b}})
-            for eid in ids for b in BACKENDS for agent, ret in RULES.items() for seed in seeds]
+    free = {eid: bool(gym.spec(eid).kwargs.get("task_free", False)) for eid in ids}
+    units = []
+    for eid in ids:
+        for b in BACKENDS:
+            for agent, ret in RULES.items():
+                retention = "agent" if free[eid] else ret or own[eid]
+                setting = {"env_id": eid, "env_kwargs": _env_kwargs(eid, b, retention, quick),
+                           "tags": {"env_id": eid, "backend": b}}
+                if free[eid] and agent in TASK_FREE_SPECS:
+                    setting["spec"] = TASK_FREE_SPECS[agent]
+                units += [Unit(agent, seed, setting) for seed in seeds]
+    return units
 
 
 def train_unit(unit: Unit) -> dict[str, Any]:
