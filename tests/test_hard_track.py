@@ -114,7 +114,7 @@ def test_tiny_maskable_ppo_run_on_the_torch_backend(eid, tmp_path):
 
 
 #: The verdict table's columns (``learned_summary.csv``), in order.
-VERDICT_COLUMNS = ["benchmark", "trained_on", "evaluated_on", "train_seeds", "eval_seeds",
+VERDICT_COLUMNS = ["benchmark", "algo", "trained_on", "evaluated_on", "train_seeds", "eval_seeds",
                    "pairs", "return", "normalized", "ci_low", "ci_high", "best_retention_rule",
                    "vs_similarity", "vs_similarity_low", "vs_similarity_high",
                    "vs_best_retention", "vs_best_retention_low", "vs_best_retention_high",
@@ -200,13 +200,16 @@ def test_quick_study_on_one_id_with_both_train_backends(tmp_path):
         assert (out / name).is_file(), name
     assert "## Headroom" in md and "## Learned controllers" in md and "**Verdict:" in md
     table = pd.read_csv(out / "learned_summary.csv")
-    assert list(table.columns) == VERDICT_COLUMNS and len(table) == 4
+    assert list(table.columns) == VERDICT_COLUMNS and len(table) == 2 * 4  # algos x pairs
+    assert set(table["algo"]) == {"maskable-ppo", "ppo"}
     assert (table["pairs"] == 2 * 2).all()
     learned = pd.read_csv(out / "learned.csv")
     assert set(learned["seed"]) == {100, 101} and set(learned["train_seed"]) == {0, 1}
-    assert len(learned) == 2 * 2 * 2 * 2  # train backends x train seeds x backends x seeds
+    assert len(learned) == 2 * 2 * 2 * 2 * 2  # algos x train backends x train seeds x ...
     evals = pd.read_csv(out / "eval_curves.csv")
     assert set(evals["train_backend"]) == {"analytic", "torch"} and len(evals) > 0
+    assert set(evals["algo"]) == {"maskable-ppo", "ppo"}
+    assert (out / "train" / IDS[0].split("/")[-1][:-3] / "torch" / "ppo" / "seed0").is_dir()
     meta = json.loads((out / "manifest.json").read_text())
     assert meta["seeds"] == [100, 101] and meta["units"]["train"]["steps"] == 48
     assert meta["units"]["train"]["backends"] == ["analytic", "torch"]

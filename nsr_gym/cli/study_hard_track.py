@@ -5,7 +5,7 @@ Argument parsing only; the study and its report are :mod:`nsr_gym.studies.hard_t
 Writes ``results/hard_track/`` (``runs.csv``, ``scores.csv``, ``learned.csv``,
 ``learned_summary.csv``, ``transfer.csv``, ``training_curves.csv``, ``eval_curves.csv``,
 ``training_curves.png``, ``hard_track.md``, ``manifest.json`` and the trained controllers under
-``train/<benchmark>/<backend>/seed<k>/``).
+``train/<benchmark>/<backend>/seed<k>/``, PPO's under ``train/<benchmark>/<backend>/ppo/``).
 """
 
 from __future__ import annotations
@@ -27,6 +27,16 @@ def parse_backends(text: str) -> tuple[str, ...]:
     return names
 
 
+def parse_algos(text: str) -> tuple[str, ...]:
+    """``"maskable-ppo,ppo"`` -> ``("maskable-ppo", "ppo")``; an unknown name is an error."""
+    from nsr_gym.studies.hard_track import ALGOS
+
+    names = tuple(dict.fromkeys(a.strip() for a in text.split(",") if a.strip()))
+    if not names or set(names) - set(ALGOS):
+        raise argparse.ArgumentTypeError(f"{text!r}: a comma list of {', '.join(ALGOS)}")
+    return names
+
+
 def cmd_hard_track(args: argparse.Namespace) -> int:
     from nsr_gym.studies import hard_track
 
@@ -36,7 +46,7 @@ def cmd_hard_track(args: argparse.Namespace) -> int:
     print(hard_track.run_study(quick=args.quick, train=not args.no_train,
                                train_seeds=tuple(args.train_seeds) if args.train_seeds else None,
                                train_steps=args.train_steps,
-                               train_backends=args.train_backends, **kw))
+                               train_backends=args.train_backends, algos=args.algos, **kw))
     print(f"wrote {kw['out']}/ in {time.perf_counter() - t0:.1f} s")
     return 0
 
@@ -44,7 +54,7 @@ def cmd_hard_track(args: argparse.Namespace) -> int:
 def add_parsers(sub: argparse._SubParsersAction) -> None:
     p = add_study_parser(
         sub, "hard-track", help="headroom of the similarity rule on the hard track, and "
-                                "MaskablePPO trained on it (results/hard_track)",
+                                "MaskablePPO and PPO trained on it (results/hard_track)",
         seeds="default 100..109, held out from training", quick="small episodes, short training")
     p.add_argument("--no-train", action="store_true", help="the headroom only")
     p.add_argument("--train-seeds", type=parse_ints, default=None,
@@ -54,4 +64,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--train-backends", type=parse_backends, default=("analytic", "torch"),
                    help="backends to train on, comma-separated (default analytic,torch); "
                         "every controller is evaluated on both")
+    p.add_argument("--algos", type=parse_algos, default=("maskable-ppo", "ppo"),
+                   help="algorithms to train, comma-separated (default maskable-ppo,ppo; the "
+                        "verdict is MaskablePPO's)")
     p.set_defaults(func=cmd_hard_track)

@@ -260,6 +260,10 @@ def plan_benchmark(cfg: BenchmarkConfig) -> BenchmarkPlan:
     try:  # configuration errors surface before any work starts
         probe = gym.make(env_id, **env_kwargs)
         n_steps, n_tasks = probe.unwrapped.n_steps, probe.unwrapped.n_tasks
+        if getattr(probe.unwrapped, "task_free", False):
+            # The logs' task ids and boundaries (the metrics need them) are privileged on a
+            # task-free env; no agent reads the info but the privileged oracle.
+            env_kwargs["privileged_info"] = True
         per_agent = agent_env_kwargs(built, env_kwargs, probe.unwrapped)
         probe.close()
     except (ValueError, TypeError, FileNotFoundError) as err:  # FileNotFoundError: paper files
@@ -328,8 +332,18 @@ def agent_env_kwargs(policies: list[Any], env_kwargs: dict[str, Any], env: Any
     """
     # The env's own mode: a registration (the hard track's LRUTrapSplitDigits) may set it.
     mode, out, problems = getattr(env, "retention", env_kwargs.get("retention", "env")), [], []
+    task_free = bool(getattr(env, "task_free", False))
     for policy in policies:
         need = retention_need(policy)
+        if task_free and need == "env" and policy.memory_class != "M0":
+            problems.append(f"{policy.name} decides allocation only, and on a task-free env "
+                            "(task_free=True) nothing reserves for it: run lru-retain (the "
+                            "similarity rule that writes at the shifts it detects, evicting "
+                            "LRU), pin or lfu-retain instead")
+            continue
+        if task_free:  # the memoryless rules run as they are: they write nothing (rollout)
+            out.append(env_kwargs)
+            continue
         if mode == "env" and need == "agent":
             problems.append(f"{policy.name} decides what the bank keeps: pass --retention agent "
                             "(with --capacity K below the number of tasks for it to matter)")

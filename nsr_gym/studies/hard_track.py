@@ -17,7 +17,8 @@ kept under ``<out>/.units`` so the study resumes:
   overstate the rule), and on the torch backend on ``AnalyticConfig()``'s model (an
   approximation). The normalized score is
   :func:`nsr_gym.stats.normalized_scores` with the clairvoyant as the 1.
-* **Learned controllers.** ``MaskablePPO`` (:func:`nsr_gym.agents.train`, through the batched
+* **Learned controllers.** ``MaskablePPO`` and ``PPO`` (:data:`ALGOS`;
+  :func:`nsr_gym.agents.train`, through the batched
   vector env, :data:`N_ENVS` envs) trained on each backend of :data:`TRAIN_BACKENDS` (the
   torch one is the real learner) of each id as registered, :data:`TRAIN_STEPS` steps per
   training seed and :data:`TRAIN_SEEDS`, with :data:`N_EVALS` ``EvalCallback`` evaluations
@@ -54,8 +55,11 @@ TASK_FREE_SPECS = {"similarity": "lru-retain"}
 #: Memory class of every agent, for :func:`nsr_gym.stats.normalized_scores`.
 CLASSES = {"keep-current": "M0", "always-fresh": "M0", "clairvoyant": "oracle"}
 RETENTION_RULES = ("pin", "lfu-retain", "lru-retain")
-#: Algorithm of the learned controllers, and its name in the tables.
+#: The headline algorithm of the learned controllers (the issue's verdict is about it), and its
+#: name in the tables; :data:`ALGOS` are all those trained (``--algos``): plain PPO samples
+#: invalid loads and writes too (no-ops the env flags), which MaskablePPO masks.
 ALGO = "maskable-ppo"
+ALGOS = ("maskable-ppo", "ppo")
 #: Backends every agent is evaluated on.
 BACKENDS = ("analytic", "torch")
 #: Backends the controllers are trained on (``--train-backends``).
@@ -161,7 +165,8 @@ def train_unit(unit: Unit) -> dict[str, Any]:
 
     s = unit.setting
     out = Path(s["out"])
-    cfg = TrainConfig(algo=ALGO, env_id=s["env_id"], backend=s["backend"], seed=unit.seed,
+    algo = s.get("algo", ALGO)
+    cfg = TrainConfig(algo=algo, env_id=s["env_id"], backend=s["backend"], seed=unit.seed,
                       total_timesteps=int(s["steps"]), out=str(out), env_kwargs=s["env_kwargs"],
                       n_envs=int(s["n_envs"]), n_evals=int(s["n_evals"]),
                       hyperparams=dict(s.get("hyperparams", {})))
@@ -173,33 +178,45 @@ def train_unit(unit: Unit) -> dict[str, Any]:
         curve += [{"rank": int(path.name[4:].split(".")[0]), "end_step": int(e), "return": float(r)}
                   for e, r in zip(ends, episodes["r"], strict=True)]
     evals = result.config.get("evaluations") or {"timesteps": [], "mean_return": []}
-    return {"env_id": s["env_id"], "train_backend": s["backend"], "train_seed": unit.seed,
+    return {"env_id": s["env_id"], "algo": algo, "train_backend": s["backend"],
+            "train_seed": unit.seed,
             "run": str(out), "wall_s": round(result.wall_time_s, 1), "curve": curve,
             "evals": [{"step": int(t), "return": float(r)} for t, r in
                       zip(evals["timesteps"], evals["mean_return"], strict=True)]}
 
 
-def _run_folder(out: Path, eid: str, backend: str, seed: int) -> Path:
-    return out / "train" / eid.split("/")[-1].removesuffix("-v0") / backend / f"seed{seed}"
+def _run_folder(out: Path, eid: str, backend: str, seed: int, algo: str = ALGO) -> Path:
+    """``train/<benchmark>/<backend>/seed<k>`` (:data:`ALGO`) or
+    ``train/<benchmark>/<backend>/<algo>/seed<k>``."""
+    folder = out / "train" / eid.split("/")[-1].removesuffix("-v0") / backend
+    return (folder if algo == ALGO else folder / algo) / f"seed{seed}"
 
 
 def train_units(ids: list[str], backends: tuple[str, ...], seeds: tuple[int, ...], steps: int,
-                out: Path, quick: bool) -> list[Unit]:
-    """One training run per id, training backend and training seed."""
-    return [Unit(f"{ALGO}@{b}", ts, {
+                out: Path, quick: bool, algos: tuple[str, ...] = (ALGO,)) -> list[Unit]:
+    """One training run per id, algorithm, training backend and training seed. A
+    :data:`ALGO` unit's setting has no ``algo`` key (it is the default), as before other
+    algorithms were trained, so that a study resumes the runs it kept."""
+    return [Unit(f"{algo}@{b}", ts, {
         "env_id": eid, "backend": b, "steps": steps,
         "n_envs": QUICK_N_ENVS if quick else N_ENVS,
         "n_evals": QUICK_N_EVALS if quick else N_EVALS,
         "hyperparams": QUICK_HYPERPARAMS if quick else {},
-        "env_kwargs": _quick_kwargs(eid, quick), "out": str(_run_folder(out, eid, b, ts))})
-        for eid in ids for b in backends for ts in seeds]
+        "env_kwargs": _quick_kwargs(eid, quick), "out": str(_run_folder(out, eid, b, ts, algo)),
+        **({} if algo == ALGO else {"algo": algo})})
+        for eid in ids for algo in algos for b in backends for ts in seeds]
+
+
+def algo_of(agent: str) -> str:
+    """The algorithm of a learned controller's row name: ``"ppo@torch[0]"`` -> ``"ppo"``."""
+    return agent.split("@", 1)[0]
 
 
 def learned_units(runs: list[dict[str, Any]], seeds: list[int], quick: bool) -> list[Unit]:
     """Every trained controller on its id (as registered), both backends, every seed."""
-    return [Unit(f"{ALGO}@{r['train_backend']}[{r['train_seed']}]", seed, {
+    return [Unit(f"{r.get('algo', ALGO)}@{r['train_backend']}[{r['train_seed']}]", seed, {
         "env_id": r["env_id"], "env_kwargs": _env_kwargs(r["env_id"], b, None, quick),
-        "spec": f"{ALGO}:{r['run']}",
+        "spec": f"{r.get('algo', ALGO)}:{r['run']}",
         "tags": {"env_id": r["env_id"], "backend": b, "train_backend": r["train_backend"],
                  "train_seed": r["train_seed"]}})
         for r in runs for b in BACKENDS for seed in seeds]
@@ -207,7 +224,8 @@ def learned_units(runs: list[dict[str, Any]], seeds: list[int], quick: bool) -> 
 
 def run_study(seeds: list[int], out: Path, *, quick: bool = False, train: bool = True,
               train_seeds: tuple[int, ...] | None = None, train_steps: int | None = None,
-              train_backends: tuple[str, ...] = TRAIN_BACKENDS, executor: str = "local",
+              train_backends: tuple[str, ...] = TRAIN_BACKENDS, algos: tuple[str, ...] = ALGOS,
+              executor: str = "local",
               ray_address: str | None = None, resume: bool = True,
               progress: bool = True, ids: list[str] | None = None) -> str:
     """Measure the headroom, train and evaluate the controllers, and write the study's files.
@@ -228,6 +246,7 @@ def run_study(seeds: list[int], out: Path, *, quick: bool = False, train: bool =
         train_steps: Steps per training run (default :data:`TRAIN_STEPS`).
         train_backends: Backends to train on (default :data:`TRAIN_BACKENDS`); every
             controller is evaluated on all of :data:`BACKENDS`.
+        algos: Algorithms to train (default :data:`ALGOS`).
         executor: ``"local"`` or ``"ray"``; ``ray_address`` the cluster to join.
         resume: Reuse the finished units kept under ``out/.units``.
         progress: Show progress bars.
@@ -253,13 +272,16 @@ def run_study(seeds: list[int], out: Path, *, quick: bool = False, train: bool =
         unknown = sorted(set(train_backends) - set(BACKENDS))
         if unknown or not train_backends:
             raise ValueError(f"train_backends {list(train_backends)}: choose from {BACKENDS}")
+        if not algos or set(algos) - set(ALGOS):
+            raise ValueError(f"algos {list(algos)}: choose from {ALGOS}")
         steps = train_steps or (QUICK_TRAIN_STEPS if quick else TRAIN_STEPS)
         tseeds = train_seeds or (QUICK_TRAIN_SEEDS if quick else TRAIN_SEEDS)
-        tunits = train_units(ids, tuple(train_backends), tuple(tseeds), steps, out, quick)
+        tunits = train_units(ids, tuple(train_backends), tuple(tseeds), steps, out, quick,
+                             tuple(algos))
         trained, resumed = sweep.run(train_unit, tunits, out / ".units", desc="hard-track train")
         counts["train"] = {"computed": len(trained) - resumed, "resumed": resumed,
                            "steps": steps, "seeds": list(tseeds),
-                           "backends": list(train_backends),
+                           "backends": list(train_backends), "algos": list(algos),
                            "n_envs": QUICK_N_ENVS if quick else N_ENVS,
                            "n_evals": QUICK_N_EVALS if quick else N_EVALS,
                            "wall_s": round(sum(r["wall_s"] for r in trained), 1)}

@@ -23,13 +23,13 @@ import pandas as pd
 from nsr_gym.atomic import atomic_write_text
 from nsr_gym.results import markdown_table, provenance_line, write_csv, write_json
 from nsr_gym.stats import mean_ci, normalized_scores
-from nsr_gym.studies.hard_track import ALGO, BACKENDS, CLASSES, RETENTION_RULES
+from nsr_gym.studies.hard_track import ALGO, ALGOS, BACKENDS, CLASSES, RETENTION_RULES, algo_of
 
 #: The bar of issue 18: the similarity rule's normalized score on every hard id is at most this.
 HEADROOM_BAR = 0.7
 _GROUP = ["backend", "env_id"]
-#: A learned controller's rows: (env id, trained on, evaluated on).
-_LEARNED = ["env_id", "train_backend", "backend"]
+#: A learned controller's rows: (env id, algorithm, trained on, evaluated on).
+_LEARNED = ["env_id", "algo", "train_backend", "backend"]
 #: The verdict when a paired difference's CI is above 0, below it, or spans it.
 BEATS, LOSES, TIES = ("beats the similarity rule significantly",
                       "loses to the similarity rule significantly",
@@ -38,6 +38,11 @@ BEATS, LOSES, TIES = ("beats the similarity rule significantly",
 
 def _name(env_id: str) -> str:
     return env_id.split("/")[-1].removesuffix("-v0")
+
+
+def _with_algo(learned: pd.DataFrame) -> pd.DataFrame:
+    """``learned`` with an ``algo`` column, read off each row's agent name where missing."""
+    return learned if "algo" in learned else learned.assign(algo=learned["agent"].map(algo_of))
 
 
 def bounds(rules: pd.DataFrame) -> tuple[pd.Series, pd.Series]:
@@ -94,7 +99,8 @@ def learned_table(runs: pd.DataFrame, learned: pd.DataFrame) -> pd.DataFrame:
     with the best mean return there (``belady-retain`` is a privileged reference, not a rule,
     and is not among them)."""
     rows = []
-    for (eid, train_backend, backend), g in learned.groupby(_LEARNED, sort=False):
+    for (eid, algo, train_backend, backend), g in _with_algo(learned).groupby(_LEARNED,
+                                                                          sort=False):
         ref = runs[(runs["backend"] == backend) & (runs["env_id"] == eid)]
         ret = ref.pivot_table(index="seed", columns="agent", values="episode_return")
         g = g[g["seed"].isin(ret.index)]
@@ -104,7 +110,8 @@ def learned_table(runs: pd.DataFrame, learned: pd.DataFrame) -> pd.DataFrame:
         best = max(RETENTION_RULES, key=lambda a: ret[a].mean())
         score, s_lo, s_hi = mean_ci((mine - low.loc[seeds].to_numpy())
                                     / span.loc[seeds].to_numpy())
-        row: dict[str, Any] = {"benchmark": _name(eid), "trained_on": train_backend,
+        row: dict[str, Any] = {"benchmark": _name(eid), "algo": algo,
+                               "trained_on": train_backend,
                                "evaluated_on": backend,
                                "train_seeds": int(g["train_seed"].nunique()),
                                "eval_seeds": int(g["seed"].nunique()), "pairs": len(g),
@@ -119,25 +126,29 @@ def learned_table(runs: pd.DataFrame, learned: pd.DataFrame) -> pd.DataFrame:
     if table.empty:
         return table
     ids = list(dict.fromkeys(table["benchmark"]))
-    key = [ids.index(b) * 10 + _order(t, e) for b, t, e in
-           zip(table["benchmark"], table["trained_on"], table["evaluated_on"], strict=True)]
+    rank = {a: i for i, a in enumerate(ALGOS)}
+    key = [ids.index(b) * 100 + rank.get(a, len(rank)) * 10 + _order(t, e) for b, a, t, e in
+           zip(table["benchmark"], table["algo"], table["trained_on"], table["evaluated_on"],
+               strict=True)]
     return table.iloc[np.argsort(key, kind="stable")].reset_index(drop=True)
 
 
 def transfer_table(learned: pd.DataFrame) -> pd.DataFrame:
-    """Per (env id, evaluation backend), where both training backends ran: the transfer gap,
+    """Per (env id, algorithm, evaluation backend), where both training backends ran: the
+    transfer gap,
     torch-trained minus analytic-trained return, paired by (training seed, evaluation seed),
     mean with a 95% CI over the pairs. On the torch backend a positive gap is what training on
     the real learner gains over training on its analytic model."""
     rows = []
-    for (eid, backend), g in learned.groupby(["env_id", "backend"], sort=False):
+    for (eid, algo, backend), g in _with_algo(learned).groupby(["env_id", "algo", "backend"],
+                                                               sort=False):
         ret = g.pivot_table(index=["train_seed", "seed"], columns="train_backend",
                             values="episode_return")
         if not {"analytic", "torch"} <= set(ret.columns):
             continue
         ret = ret.dropna(subset=["analytic", "torch"])
         gap, lo, hi = mean_ci((ret["torch"] - ret["analytic"]).to_numpy())
-        rows.append({"benchmark": _name(eid), "evaluated_on": backend,
+        rows.append({"benchmark": _name(eid), "algo": algo, "evaluated_on": backend,
                      "train_seeds": int(ret.index.get_level_values(0).nunique()),
                      "pairs": len(ret), "torch_trained": float(ret["torch"].mean()),
                      "analytic_trained": float(ret["analytic"].mean()), "gap": gap,
@@ -146,8 +157,9 @@ def transfer_table(learned: pd.DataFrame) -> pd.DataFrame:
 
 
 def curve_table(trained: list[dict[str, Any]], n_bins: int = 20) -> pd.DataFrame:
-    """Training episodes binned by env steps: per (env id, training backend, training seed,
-    bin) the mean return of the episodes that ended in the bin (all training envs pooled)."""
+    """Training episodes binned by env steps: per (env id, algorithm, training backend, training
+    seed, bin) the mean return of the episodes that ended in the bin (all training envs
+    pooled)."""
     rows = []
     for run in trained:
         curve = pd.DataFrame(run["curve"])
@@ -156,7 +168,8 @@ def curve_table(trained: list[dict[str, Any]], n_bins: int = 20) -> pd.DataFrame
         edges = np.linspace(0, curve["end_step"].max(), n_bins + 1)
         curve["bin"] = np.clip(np.searchsorted(edges, curve["end_step"], side="left"), 1, n_bins)
         for b, c in curve.groupby("bin"):
-            rows.append({"env_id": run["env_id"], "train_backend": run["train_backend"],
+            rows.append({"env_id": run["env_id"], "algo": run.get("algo", ALGO),
+                         "train_backend": run["train_backend"],
                          "train_seed": run["train_seed"], "step": int(edges[b]),
                          "return": float(c["return"].mean()), "episodes": len(c)})
     return pd.DataFrame(rows)
@@ -164,13 +177,14 @@ def curve_table(trained: list[dict[str, Any]], n_bins: int = 20) -> pd.DataFrame
 
 def eval_curve_table(trained: list[dict[str, Any]]) -> pd.DataFrame:
     """The ``EvalCallback`` evaluations of every run (``config.json``'s ``evaluations``): per
-    (env id, training backend, training seed, step) the deterministic return of one episode
-    on the training backend (eval env seed ``train_seed + 10_000``)."""
+    (env id, algorithm, training backend, training seed, step) the deterministic return of one
+    episode on the training backend (eval env seed ``train_seed + 10_000``)."""
     return pd.DataFrame(
-        [{"env_id": run["env_id"], "train_backend": run["train_backend"],
-          "train_seed": run["train_seed"], "step": e["step"], "return": e["return"]}
+        [{"env_id": run["env_id"], "algo": run.get("algo", ALGO),
+          "train_backend": run["train_backend"], "train_seed": run["train_seed"],
+          "step": e["step"], "return": e["return"]}
          for run in trained for e in run.get("evals", [])],
-        columns=["env_id", "train_backend", "train_seed", "step", "return"])
+        columns=["env_id", "algo", "train_backend", "train_seed", "step", "return"])
 
 
 def _ci(v: float, lo: float, hi: float, fmt: str = ".3f") -> str:
@@ -221,29 +235,33 @@ def learned_findings(table: pd.DataFrame, transfer: pd.DataFrame) -> list[str]:
             word = "beats" if lo > 0 else "loses to" if hi < 0 else "ties (CI spans 0)"
             verdicts.append(f"{word} {other} by {_ci(d, lo, hi, '+.2f')}")
         lines.append(f"- {r.benchmark}, trained on {r.trained_on}, evaluated on "
-                     f"{r.evaluated_on}: {ALGO} ({r.train_seeds} training x {r.eval_seeds} "
+                     f"{r.evaluated_on}: {r.algo} ({r.train_seeds} training x {r.eval_seeds} "
                      f"evaluation seeds) scores {_ci(r.normalized, r.ci_low, r.ci_high)}; it "
                      + "; it ".join(verdicts) + ".")
     for r in transfer.itertuples(index=False):
-        lines.append(f"- {r.benchmark}, evaluated on {r.evaluated_on}: torch-trained minus "
+        lines.append(f"- {r.benchmark}, {r.algo}, evaluated on {r.evaluated_on}: torch-trained "
+                     "minus "
                      f"analytic-trained {_ci(r.gap, r.gap_low, r.gap_high, '+.2f')} "
                      f"({r.pairs} pairs).")
-    for (t, e), g in table.groupby(["trained_on", "evaluated_on"], sort=False):
+    for (a, t, e), g in table.groupby(["algo", "trained_on", "evaluated_on"], sort=False):
         wins = g.loc[g["vs_similarity_low"] > 0, "benchmark"].tolist()
-        lines.append(f"- Trained on {t}, evaluated on {e}: beats the similarity rule "
+        lines.append(f"- {a}, trained on {t}, evaluated on {e}: beats the similarity rule "
                      f"significantly on {len(wins)} of {len(g)} hard ids"
                      + (f" ({', '.join(wins)})" if wins else "") + ".")
-    lines += ["", overall_verdict(table)]
+    algos = [a for a in ALGOS if a in set(table["algo"])]
+    lines += ["", *(overall_verdict(table, a) for a in algos)]
     return lines
 
 
-def overall_verdict(table: pd.DataFrame) -> str:
-    """The issue's verdict in one sentence, on the :func:`headline` rows."""
+def overall_verdict(table: pd.DataFrame, algo: str = ALGO) -> str:
+    """The issue's verdict in one sentence, on ``algo``'s :func:`headline` rows (the issue's is
+    :data:`~nsr_gym.studies.hard_track.ALGO`'s)."""
+    table = table[table["algo"] == algo]
     t, e = headline(table)
     g = table[(table["trained_on"] == t) & (table["evaluated_on"] == e)]
     wins = int((g["vs_similarity_low"] > 0).sum())
     met = "met" if wins >= 2 else "NOT met"
-    return (f"**Verdict: the {ALGO} controller trained and evaluated on the {t} backend beats "
+    return (f"**Verdict: the {algo} controller trained and evaluated on the {t} backend beats "
             f"the similarity rule significantly (95% CI above 0) on {wins} of {len(g)} hard "
             f"ids; the issue's goal (at least 2) is {met}.**")
 
@@ -256,7 +274,7 @@ def _fmt_headroom(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _fmt_learned(table: pd.DataFrame) -> pd.DataFrame:
-    t = table[["benchmark", "trained_on", "evaluated_on", "train_seeds", "eval_seeds",
+    t = table[["benchmark", "algo", "trained_on", "evaluated_on", "train_seeds", "eval_seeds",
                "return"]].copy()
     t["normalized"] = [_ci(v, lo, hi) for v, lo, hi in
                        zip(table["normalized"], table["ci_low"], table["ci_high"], strict=True)]
@@ -269,7 +287,7 @@ def _fmt_learned(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _fmt_transfer(table: pd.DataFrame) -> pd.DataFrame:
-    t = table[["benchmark", "evaluated_on", "train_seeds", "pairs", "torch_trained",
+    t = table[["benchmark", "algo", "evaluated_on", "train_seeds", "pairs", "torch_trained",
                "analytic_trained"]].copy()
     t["gap"] = [_ci(v, lo, hi, "+.2f") for v, lo, hi in
                 zip(table["gap"], table["gap_low"], table["gap_high"], strict=True)]
@@ -278,7 +296,8 @@ def _fmt_transfer(table: pd.DataFrame) -> pd.DataFrame:
 
 def plot_curves(evals: pd.DataFrame, headroom: pd.DataFrame, path: Path,
                 footer: str) -> None:
-    """Evaluation return against env steps, one panel per (training backend, hard id): the
+    """Evaluation return against env steps, one panel per (algorithm and training backend, hard
+    id): the
     mean over training seeds of the ``EvalCallback`` returns, a band of its 95% bootstrap CI
     over training seeds, and, on the training backend, the means of the similarity rule, the
     best retention rule and the clairvoyant on the evaluation seeds."""
@@ -288,17 +307,18 @@ def plot_curves(evals: pd.DataFrame, headroom: pd.DataFrame, path: Path,
     import matplotlib.pyplot as plt
 
     ids = list(dict.fromkeys(evals["env_id"]))
-    backends = [b for b in BACKENDS if b in set(evals["train_backend"])]
-    fig, axes = plt.subplots(len(backends), len(ids), figsize=(5.0 * len(ids),
-                                                               3.6 * len(backends)),
+    kinds = [(a, b) for a in ALGOS for b in BACKENDS
+             if ((evals["algo"] == a) & (evals["train_backend"] == b)).any()]
+    fig, axes = plt.subplots(len(kinds), len(ids), figsize=(5.0 * len(ids), 3.6 * len(kinds)),
                              squeeze=False)
-    for row, backend in zip(axes, backends, strict=True):
+    for row, (algo, backend) in zip(axes, kinds, strict=True):
         for ax, eid in zip(row, ids, strict=True):
-            sel = evals[(evals["env_id"] == eid) & (evals["train_backend"] == backend)]
+            sel = evals[(evals["env_id"] == eid) & (evals["train_backend"] == backend)
+                        & (evals["algo"] == algo)]
             c = sel.pivot_table(index="step", columns="train_seed", values="return")
             stats = np.array([mean_ci(v) for v in c.to_numpy()]).reshape(-1, 3)
             ax.plot(c.index, stats[:, 0], color="C0", marker=".",
-                    label=f"{ALGO} (mean of {c.shape[1]} seeds)")
+                    label=f"{algo} (mean of {c.shape[1]} seeds)")
             ax.fill_between(c.index, stats[:, 1], stats[:, 2], color="C0", alpha=0.25,
                             label="95% CI over seeds")
             ref = headroom[(headroom["backend"] == backend)
@@ -307,7 +327,8 @@ def plot_curves(evals: pd.DataFrame, headroom: pd.DataFrame, path: Path,
             for agent, color, ls in (("clairvoyant", "k", ":"), ("similarity", "C3", "--"),
                                      (best, "C2", "-.")):
                 ax.axhline(ref[agent], color=color, ls=ls, lw=1.2, label=f"{agent} (eval seeds)")
-            ax.set(title=f"{_name(eid)}, trained on {backend}", xlabel="env steps",
+            ax.set_title(f"{_name(eid)}\n{algo}, trained on {backend}", fontsize=9)
+            ax.set(xlabel="env steps",
                    ylabel=f"evaluation return ({backend})")
             ax.legend(fontsize=7)
     fig.text(0.01, 0.005, footer, fontsize=6, color="0.4")
@@ -329,12 +350,17 @@ def write_report(out: Path, runs: pd.DataFrame, learned: pd.DataFrame,
                 "with a 95% bootstrap CI over seeds. `similarity` runs with the env's default "
                 "retention (`retention=\"env\"`, `eviction=\"lru\"`); `pin`, `lfu-retain`, "
                 "`lru-retain` with `retention=\"agent\"`, `clairvoyant` on the id as registered. "
+                "On a task-free id (`task_free=True`: no env retention) every rule runs with "
+                "`retention=\"agent\"`: `similarity` is then `lru-retain` (the similarity rule "
+                "writing the subspace it leaves at each shift it detects, by the default LRU "
+                "eviction) and the memoryless rules write nothing. "
                 "planned_exactly: "
                 "episodes the clairvoyant's program finished (else its Belady heuristic, a lower "
                 "bound of the optimum); on torch it plans on `AnalyticConfig()`'s model, an "
                 "approximation.", "", "## Headroom", "", markdown_table(_fmt_headroom(headroom)),
                 "", *headroom_findings(headroom), ""]
     if len(learned):
+        learned = _with_algo(learned)
         table = learned_table(runs, learned)
         transfer = transfer_table(learned)
         curves, evals = curve_table(trained), eval_curve_table(trained)
@@ -348,8 +374,9 @@ def write_report(out: Path, runs: pd.DataFrame, learned: pd.DataFrame,
                   f"{tr['seeds']} | git {meta['git_revision'][:12]}")
         if len(evals):
             plot_curves(evals, headroom, out / "training_curves.png", footer)
+        algos = " and ".join(f"`{a}`" for a in tr.get("algos", [ALGO]))
         sections += ["## Learned controllers", "",
-                     f"`{ALGO}` trained on the {' and the '.join(tr['backends'])} backend of "
+                     f"{algos} trained on the {' and the '.join(tr['backends'])} backend of "
                      f"each id as registered, {tr['steps']:,} steps per training seed, "
                      f"{len(tr['seeds'])} training seeds, through the batched vector env "
                      f"({tr['n_envs']} envs; `nsr_gym.agents.train`, default "
