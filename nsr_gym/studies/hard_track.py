@@ -3,8 +3,9 @@ each hard benchmark, and whether a learned controller takes it.
 
 The hard track (:data:`nsr_gym.envs.HARD_TRACK`) holds benchmarks where memory binds: the LRU
 trap (a strict cycle through fewer slots than tasks), skewed recurrence (Zipf by stack distance,
-many tasks, few slots) and ambiguous recall (alike tasks, noisy probes). Two parts, every unit
-kept under ``<out>/.units`` so the study resumes:
+many tasks, few slots), ambiguous recall (alike tasks, noisy probes) and task-free learning (no
+boundary signal, drawn phase lengths, a noisy probe per step, the agent reserves). Two parts,
+every unit kept under ``<out>/.units`` so the study resumes:
 
 * **Headroom.** On each id and backend, every agent of :data:`RULES` on the same seeds (paired):
   the memoryless ``keep-current`` and ``always-fresh``; ``similarity`` with the env's default
