@@ -54,7 +54,7 @@ def test_the_hard_track_is_registered_and_differs_by_kwargs_only():
     free = gym.make(env_id("TaskFreePermutedDigits"), backend="analytic").unwrapped
     assert free.task_free and free.retention == "agent"
     assert free.learner.config.probe_noise == 0.2
-    assert gym.make(env_id("TaskFreePermutedDigits")).unwrapped.learner.config.probe_size == 8
+    assert gym.make(env_id("TaskFreePermutedDigits")).unwrapped.learner.config.probe_size == 6
 
 
 def test_ambiguous_recall_takes_each_backends_learner_options():
