@@ -92,9 +92,25 @@ class Unit:
 
     @property
     def key(self) -> str:
-        """A stable file-name-safe id, e.g. ``similarity__seed3__1f2e3d4c5b6a``."""
-        blob = json.dumps(dict(self.setting), sort_keys=True, default=str)
+        """A stable file-name-safe id, e.g. ``similarity__seed3__1f2e3d4c5b6a``: a hash of the
+        setting and, where it names a registered ``env_id``, of that registration's kwargs, so
+        that changing a registered benchmark never resumes a unit made on the old one."""
+        setting = dict(self.setting)
+        registered = registered_kwargs(setting.get("env_id"))
+        if registered is not None:
+            setting["__registered__"] = registered
+        blob = json.dumps(setting, sort_keys=True, default=str)
         return f"{self.agent}__seed{self.seed}__{hashlib.sha256(blob.encode()).hexdigest()[:12]}"
+
+
+def registered_kwargs(env_id: Any) -> dict[str, Any] | None:
+    """The kwargs Gymnasium's registry holds for ``env_id`` (None: not a registered id)."""
+    if not isinstance(env_id, str):
+        return None
+    from gymnasium.envs.registration import registry
+
+    spec = registry.get(env_id)
+    return None if spec is None else dict(spec.kwargs)
 
 
 UnitFn = Callable[[Unit], Any]

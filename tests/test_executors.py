@@ -163,3 +163,15 @@ def test_regret_cli_ray_gives_the_same_tables(tmp_path, ray_executor):
 
     local, remote = run("local"), run("ray")
     assert local and remote == local
+
+
+def test_a_units_key_follows_its_registration(monkeypatch):
+    import gymnasium as gym
+
+    import nsr_gym  # noqa: F401 - registers the ids
+
+    eid = "nsr_gym/CyclicSplitDigits-v0"
+    before = Unit("similarity", 0, {"env_id": eid}).key
+    monkeypatch.setitem(gym.registry[eid].kwargs, "phase_length", 7)
+    assert Unit("similarity", 0, {"env_id": eid}).key != before
+    assert Unit("a", 0, {"env_id": "not/registered"}).key  # a plain setting still hashes

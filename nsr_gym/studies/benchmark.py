@@ -25,7 +25,7 @@ from typing import Any
 
 import pandas as pd
 
-from nsr_gym.executors import FrameStore, Sweep, Unit, config_hash
+from nsr_gym.executors import FrameStore, Sweep, Unit, config_hash, registered_kwargs
 
 #: Tasks up to which ``nsr-gym run`` records the accuracy matrix by default (it evaluates every
 #: task at every phase end, on a copy of the learner).
@@ -452,8 +452,10 @@ def matrix_store(plan: BenchmarkPlan) -> MatrixUnitStore:
 
 
 def units_dir(out: str | Path, env_id: str, env_kwargs: dict[str, Any]) -> Path:
-    """The folder of a run's kept unit logs (one per env configuration)."""
-    return Path(out) / ".units" / config_hash({"env": env_id, **env_kwargs})
+    """The folder of a run's kept unit logs: one per env configuration, the registration's
+    kwargs included (a changed registered benchmark starts afresh)."""
+    return Path(out) / ".units" / config_hash({"env": env_id, **env_kwargs,
+                                               "__registered__": registered_kwargs(env_id)})
 
 
 def unit_store(plan: BenchmarkPlan) -> FrameStore:
