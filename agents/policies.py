@@ -88,6 +88,12 @@ class Policy:
         return self.actions(observation, deterministic), state
 
 
+def is_task_free(obs: Obs) -> bool:
+    """Whether ``obs`` comes from a task-free env (``task_free=True``: it has ``trained_steps``),
+    where the rules act only at the shifts they see."""
+    return "trained_steps" in obs
+
+
 def shifted(obs: Obs) -> bool:
     """Whether the rules treat the step as the start of a new task: ``task_shift`` above
     :data:`SHIFT_THRESHOLD`."""
@@ -171,7 +177,7 @@ class SimilarityRule(Policy):
         return self.threshold
 
     def act(self, obs: Obs) -> int:
-        if "trained_steps" in obs and not shifted(obs):
+        if is_task_free(obs) and not shifted(obs):
             return KEEP  # task-free: similarity moves with every noisy batch; act at shifts only
         occupied = obs["occupied"] > 0
         sims = np.where(occupied, obs["similarity"], -np.inf)

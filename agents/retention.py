@@ -60,7 +60,7 @@ from typing import Any
 import gymnasium as gym
 import numpy as np
 
-from nsr_gym.agents.policies import Obs, Policy, SimilarityRule, shifted
+from nsr_gym.agents.policies import Obs, Policy, SimilarityRule, is_task_free, shifted
 from nsr_gym.bank import SIMILARITY_THRESHOLD
 from nsr_gym.envs import DROP, WRITE_OFFSET
 
@@ -145,7 +145,7 @@ class RetentionRule(Policy):
         if not (obs["occupied"] > 0).any():
             self._written = {}
         retention = DROP
-        if obs["pending"][0] > 0 and ("trained_steps" not in obs or shifted(obs)):
+        if obs["pending"][0] > 0 and (not is_task_free(obs) or shifted(obs)):
             retention = self.retain(obs)
             slot = retention - WRITE_OFFSET
             if retention != DROP and slot != own_slot(obs, self.same_task):
@@ -274,7 +274,7 @@ class BeladyRetention(RetentionRule):
         return float(phase + later[0]) if len(later) else float("inf")
 
     def retain(self, obs: Obs) -> int:
-        if "trained_steps" in obs:
+        if is_task_free(obs):
             raise ValueError("belady-retain counts phases by the pending entries it decides, "
                              "which a task-free env (task_free=True) does not mark: use the "
                              "clairvoyant as the reference there")

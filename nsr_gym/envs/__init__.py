@@ -133,9 +133,10 @@ BENCHMARKS: dict[str, dict] = {
     # writes the active subspace into a slot: the agent detects shifts and reserves by itself.
     # Ten-way permuted tasks, so that keeping one subspace for all of them costs (fine-tuning
     # forgets), and small probe batches, so that a shift is hard to tell from noise: 6 examples
-    # on torch (64 elsewhere; with 8 the similarity rule scored 0.730 [0.364, 1.075] against
-    # the clairvoyant on seeds 100..109, above the hard track's bar of 0.7), probe noise 0.2 on
-    # the analytic model (0.05 elsewhere).
+    # on torch (64 elsewhere; with 8, the hard-track study at git 2a4329d, whose files were
+    # replaced, scored the similarity rule 0.730 [0.364, 1.075] against the clairvoyant on
+    # seeds 100..109, above the track's bar of 0.7), probe noise 0.2 on the analytic model
+    # (0.05 elsewhere).
     "TaskFreePermutedDigits": dict(
         tasks="permuted_digits", n_tasks=5, schedule="recurring", phase_length=30, n_cycles=4,
         updates_per_step=2, retention="agent", task_free=True,

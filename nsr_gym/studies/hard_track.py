@@ -166,7 +166,7 @@ def train_unit(unit: Unit) -> dict[str, Any]:
 
     s = unit.setting
     out = Path(s["out"])
-    algo = s.get("algo", ALGO)
+    algo = s["algo"]
     cfg = TrainConfig(algo=algo, env_id=s["env_id"], backend=s["backend"], seed=unit.seed,
                       total_timesteps=int(s["steps"]), out=str(out), env_kwargs=s["env_kwargs"],
                       n_envs=int(s["n_envs"]), n_evals=int(s["n_evals"]),
@@ -195,16 +195,14 @@ def _run_folder(out: Path, eid: str, backend: str, seed: int, algo: str = ALGO) 
 
 def train_units(ids: list[str], backends: tuple[str, ...], seeds: tuple[int, ...], steps: int,
                 out: Path, quick: bool, algos: tuple[str, ...] = (ALGO,)) -> list[Unit]:
-    """One training run per id, algorithm, training backend and training seed. A
-    :data:`ALGO` unit's setting has no ``algo`` key (it is the default), as before other
-    algorithms were trained, so that a study resumes the runs it kept."""
+    """One training run per id, algorithm, training backend and training seed."""
     return [Unit(f"{algo}@{b}", ts, {
         "env_id": eid, "backend": b, "steps": steps,
         "n_envs": QUICK_N_ENVS if quick else N_ENVS,
         "n_evals": QUICK_N_EVALS if quick else N_EVALS,
         "hyperparams": QUICK_HYPERPARAMS if quick else {},
         "env_kwargs": _quick_kwargs(eid, quick), "out": str(_run_folder(out, eid, b, ts, algo)),
-        **({} if algo == ALGO else {"algo": algo})})
+        "algo": algo})
         for eid in ids for algo in algos for b in backends for ts in seeds]
 
 
@@ -215,9 +213,9 @@ def algo_of(agent: str) -> str:
 
 def learned_units(runs: list[dict[str, Any]], seeds: list[int], quick: bool) -> list[Unit]:
     """Every trained controller on its id (as registered), both backends, every seed."""
-    return [Unit(f"{r.get('algo', ALGO)}@{r['train_backend']}[{r['train_seed']}]", seed, {
+    return [Unit(f"{r['algo']}@{r['train_backend']}[{r['train_seed']}]", seed, {
         "env_id": r["env_id"], "env_kwargs": _env_kwargs(r["env_id"], b, None, quick),
-        "spec": f"{r.get('algo', ALGO)}:{r['run']}",
+        "spec": f"{r['algo']}:{r['run']}",
         "tags": {"env_id": r["env_id"], "backend": b, "train_backend": r["train_backend"],
                  "train_seed": r["train_seed"]}})
         for r in runs for b in BACKENDS for seed in seeds]

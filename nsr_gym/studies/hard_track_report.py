@@ -168,7 +168,7 @@ def curve_table(trained: list[dict[str, Any]], n_bins: int = 20) -> pd.DataFrame
         edges = np.linspace(0, curve["end_step"].max(), n_bins + 1)
         curve["bin"] = np.clip(np.searchsorted(edges, curve["end_step"], side="left"), 1, n_bins)
         for b, c in curve.groupby("bin"):
-            rows.append({"env_id": run["env_id"], "algo": run.get("algo", ALGO),
+            rows.append({"env_id": run["env_id"], "algo": run["algo"],
                          "train_backend": run["train_backend"],
                          "train_seed": run["train_seed"], "step": int(edges[b]),
                          "return": float(c["return"].mean()), "episodes": len(c)})
@@ -180,7 +180,7 @@ def eval_curve_table(trained: list[dict[str, Any]]) -> pd.DataFrame:
     (env id, algorithm, training backend, training seed, step) the deterministic return of one
     episode on the training backend (eval env seed ``train_seed + 10_000``)."""
     return pd.DataFrame(
-        [{"env_id": run["env_id"], "algo": run.get("algo", ALGO),
+        [{"env_id": run["env_id"], "algo": run["algo"],
           "train_backend": run["train_backend"], "train_seed": run["train_seed"],
           "step": e["step"], "return": e["return"]}
          for run in trained for e in run.get("evals", [])],
@@ -374,7 +374,7 @@ def write_report(out: Path, runs: pd.DataFrame, learned: pd.DataFrame,
                   f"{tr['seeds']} | git {meta['git_revision'][:12]}")
         if len(evals):
             plot_curves(evals, headroom, out / "training_curves.png", footer)
-        algos = " and ".join(f"`{a}`" for a in tr.get("algos", [ALGO]))
+        algos = " and ".join(f"`{a}`" for a in tr["algos"])
         sections += ["## Learned controllers", "",
                      f"{algos} trained on the {' and the '.join(tr['backends'])} backend of "
                      f"each id as registered, {tr['steps']:,} steps per training seed, "
