@@ -189,6 +189,33 @@ def test_same_seed_same_trajectory() -> None:
         np.testing.assert_array_equal(a, b)
 
 
+def test_an_env_changed_through_call_is_seen_at_the_next_step(tmp_path) -> None:
+    """Quiet steps carry the returned rows forward; a bank loaded through ``call`` mid-phase
+    must reach the next observation (occupied slots, similarities, ages), as in single envs."""
+    name, kw = "CyclicSplitDigits", {"backend": "torch", **SHORT}
+    donor = gym.make(env_id(name), **kw)
+    donor.reset(seed=99)
+    for _ in range(8):  # two phases: two entries
+        donor.step(0)
+    donor.unwrapped.save_bank(tmp_path / "bank")
+    batch = gym.make_vec(env_id(name), num_envs=2, vectorization_mode="vector_entry_point", **kw)
+    singles = [gym.make(env_id(name), **kw) for _ in range(2)]
+    batch.reset(seed=[0, 7])
+    for env, seed in zip(singles, [0, 7], strict=True):
+        env.reset(seed=seed)
+    keep = np.zeros(2, dtype=np.int64)
+    for step in range(3):  # inside the first phase (4 steps): steps 1 and 2 are quiet
+        if step == 2:
+            batch.call("load_bank", tmp_path / "bank")
+            for env in singles:
+                env.unwrapped.load_bank(tmp_path / "bank")
+        out = batch.step(keep)
+        for i, env in enumerate(singles):
+            _assert_same(list(env.step(0)), out, i, f"step {step}")
+    assert out[0]["occupied"].sum() == 4  # both envs see the loaded bank's two entries
+    batch.close()
+
+
 def test_bad_input_gets_clear_errors() -> None:
     with pytest.raises(ValueError, match="num_envs"):
         BatchedAllocationEnv(0)

@@ -10,6 +10,15 @@ closed-form step is a few numpy operations). Env ``i`` built with seed ``s_i`` p
 observations, rewards and infos as ``gym.make(id)`` reset with ``s_i`` under the same actions
 (``tests/test_batched_env.py``).
 
+What the batch does per env is split by what the step changes. A *quiet* step (the action
+keeps, and retains nothing; the step is inside a phase, neither its first nor its last; not
+``task_free``) changes only the env's clock and what training reached: the batch finishes all
+quiet steps with array operations on the rows it returns (observation and info of every env,
+kept between steps), without the env's own per-step Python. Every other step (a switch, a phase
+start or end, a retention write, a reset) runs through the env's own code and rewrites that
+env's rows. An env changed from outside (``call`` of a method that may change it, ``set_attr``)
+has its rows rebuilt at the next step.
+
 Reach it with ``gym.make_vec(id, num_envs=N)`` (every offline id registers it as its
 ``vector_entry_point``, the default mode when one is registered) or
 ``gym.make_vec(id, N, vectorization_mode="vector_entry_point", autoreset_mode=...)``.
@@ -28,16 +37,14 @@ Infos are Gymnasium's vector infos: every key an ``(N,)`` (or ``(N, ...)``) arra
 
 from __future__ import annotations
 
-import functools
-import typing
-from typing import Any
+from typing import Any, NamedTuple
 
 import gymnasium as gym
 import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
-from nsr_gym.envs.allocation import TASK_FREE_HIDDEN, AllocationEnv, RetentionInfo, StepInfo
+from nsr_gym.envs.allocation import DROP, KEEP, AllocationEnv, RetentionInfo, _StepPlan
 from nsr_gym.learners import TorchLearner
 from nsr_gym.learners.batched import BatchedTorchLearner, clone_learner
 
@@ -73,12 +80,19 @@ def make_batched_env(num_envs: int = 1, max_episode_steps: int | None = None,
     return env
 
 
-@functools.cache
-def _field_kinds(kind: type) -> tuple[tuple[str, bool], ...]:
-    """``(field, is an integer)`` of a NamedTuple's fields, from its type hints (the env's
-    info gives integers as ``np.int64`` and the rest as ``np.float64``)."""
-    hints = typing.get_type_hints(kind)
-    return tuple((name, hints[name] is int) for name in kind._fields)
+#: Methods :meth:`BatchedAllocationEnv.call` may run without making the rows stale.
+_READ_ONLY = frozenset({"action_masks", "oracle_info", "task_schedule", "phase_starts",
+                        "render", "save_bank"})
+
+
+class _Rows(NamedTuple):
+    """What the batch returns, kept between steps: ``obs`` and ``info`` as returned (``(N, ...)``
+    arrays, every key of one env's), and ``last_used``, ``(N, K)`` float32, each bank view's
+    ``last_used`` (the age of a quiet step's observation is computed from it)."""
+
+    obs: dict[str, np.ndarray]
+    info: dict[str, np.ndarray]
+    last_used: np.ndarray
 
 
 class BatchedAllocationEnv(gym.vector.VectorEnv):
@@ -127,53 +141,93 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
         self.action_space = batch_space(self.single_action_space, self.num_envs)
         self._multi = isinstance(self.single_action_space, gym.spaces.MultiDiscrete)
         self._autoreset = np.zeros(self.num_envs, dtype=bool)
+        self._rows: _Rows | None = None  # set by the first reset
+        self._stale = False  # an env may have changed outside step/reset: rebuild its row
+        # Quiet steps (see _quiet) go by arrays; with task_free phases have their own lengths
+        # and every step probes, so none is quiet.
+        self._quiet_ok = not first.task_free
+        self._phase_length, self._n_steps = first.phase_length, first.n_steps
+        self._agent_retains = first.retention == "agent"
+        self._quiet_info = {"switched": 0, "invalid_load": 0, "phase_end": 0,
+                            "evicted_task": -1, "truncation_gap": 0.0, "reserve_skipped": 0,
+                            "next_is_phase_start": 0}
+        if self._agent_retains:  # nothing was pending: no retention decision (RetentionInfo)
+            self._quiet_info.update(RetentionInfo(-1, -1, 0)._asdict())
 
     # ------------------------------------------------------------------ helpers
     def _stack_obs(self, obs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """The envs' observations stacked: ``{key: (N, ...) float32}``."""
         return {k: np.stack([o[k] for o in obs]) for k in obs[0]}
 
-    def _stack_infos(self, infos: list[dict[str, Any]]) -> dict[str, Any]:
-        """The envs' info dicts as Gymnasium vector infos (every ``_key`` mask all true)."""
-        out: dict[str, Any] = {}
-        for k in infos[0]:
-            values = [info[k] for info in infos]
-            out[k] = np.stack(values) if isinstance(values[0], np.ndarray) else np.array(values)
-            out[f"_{k}"] = np.ones(self.num_envs, dtype=bool)
-        return out
+    @staticmethod
+    def _stack_infos(infos: list[dict[str, Any]]) -> dict[str, np.ndarray]:
+        """The envs' info dicts by key, ``{key: (N, ...)}`` in each value's dtype (no masks)."""
+        return {k: np.stack([info[k] for info in infos]) for k in infos[0]}
 
-    def _vector_info(self, outcomes: list[tuple[StepInfo, RetentionInfo | None]]
-                     ) -> dict[str, Any]:
-        """What :meth:`_stack_infos` makes of every env's ``_get_info`` after a step, built by
-        columns (the same keys, values and dtypes; ``tests/test_batched_env.py`` compares them
-        with single envs')."""
-        envs, n = self.envs, self.num_envs
-        head = np.array([(int(e._stream.is_phase_start(e._t)),
-                          e.bank.view.entries, e.bank.view.nbytes) for e in envs],
-                        dtype=np.int64)
-        columns: list[tuple[str, np.ndarray]] = [
-            ("next_is_phase_start", head[:, 0].copy()), ("bank_entries", head[:, 1].copy()),
-            ("bank_bytes", head[:, 2].copy()),
-            ("action_mask", np.stack([e.action_masks() for e in envs]))]
-        if envs[0].privileged_info:
-            truth = [e.oracle_info() for e in envs]
-            columns += [(k, np.array([t[k] for t in truth], dtype=np.int64)) for k in truth[0]]
-        parts: list[tuple[type, list[Any]]] = [(StepInfo, [o[0] for o in outcomes])]
-        if envs[0].retention == "agent":
-            parts.append((RetentionInfo, [o[1] or RetentionInfo.before_first_step()
-                                          for o in outcomes]))
-        for kind, rows in parts:
-            table = np.array(rows, dtype=np.float64)  # (N, fields); ints are exact in float64
-            for j, (name, integer) in enumerate(_field_kinds(kind)):
-                col = table[:, j]
-                columns.append((name, col.astype(np.int64) if integer else col.copy()))
-        out: dict[str, Any] = {}
-        hidden = set(TASK_FREE_HIDDEN) if envs[0].task_free and not envs[0].privileged_info \
-            else set()
-        for name, values in columns:
-            if name not in hidden:
-                out[name], out[f"_{name}"] = values, np.ones(n, dtype=bool)
-        return out
+    def _keep_rows(self, rows: _Rows | None = None, obs: list[dict[str, np.ndarray]] | None = None,
+                   infos: list[dict[str, Any]] | None = None) -> None:
+        """Start the rows afresh from every env's observation and info (``None``: as the env
+        stands, its info as at a reset)."""
+        envs = self.envs
+        obs = obs or [e._get_obs() for e in envs]
+        infos = infos or [e._get_info() for e in envs]
+        self._rows = _Rows(self._stack_obs(obs), self._stack_infos(infos),
+                           np.stack([e.bank.view.last_used for e in envs]))
+
+    def _write_row(self, i: int, obs: dict[str, np.ndarray], info: dict[str, Any]) -> None:
+        """Env ``i``'s observation and info (its own dicts) into the rows."""
+        rows = self._rows
+        for k, v in obs.items():
+            rows.obs[k][i] = v
+        for k, v in info.items():
+            rows.info[k][i] = v
+        rows.last_used[i] = self.envs[i].bank.view.last_used
+
+    def _quiet(self, arr: np.ndarray) -> np.ndarray:
+        """``(N,)`` bool: the envs whose step is quiet (module docstring): the action keeps (and
+        retains nothing), the step is inside a phase, neither its first nor its last, and the
+        rows hold the env's state. A quiet step changes the env's clock and what its training
+        reached, nothing else, so :meth:`_step_quiet` does it for all of them with array
+        operations; every other env steps through its own code."""
+        n = self.num_envs
+        if not self._quiet_ok or self._rows is None or self._stale or arr.dtype.kind not in "iu":
+            return np.zeros(n, dtype=bool)
+        envs, length = self.envs, self._phase_length
+        t = np.fromiter((e._t for e in envs), np.int64, n)
+        keep = arr == KEEP if arr.ndim == 1 else (arr == np.array([KEEP, DROP])).all(1)
+        quiet = keep & (t < self._n_steps) & (t % length != 0) & ((t + 1) % length != 0) \
+            & ~self._autoreset
+        if self._agent_retains:  # nothing pending inside a phase; checked, not assumed
+            quiet &= np.fromiter((e._pending is None for e in envs), bool, n)
+        return quiet
+
+    def _step_quiet(self, rows: np.ndarray, reports: list[Any], accs: list[float],
+                    rewards: np.ndarray) -> None:
+        """Finish the quiet steps of the envs ``rows`` (the learners trained and evaluated them):
+        what :meth:`AllocationEnv._finish_step`, ``_get_obs`` and ``_get_info`` make of a
+        keep inside a phase, for all of them at once (``tests/test_batched_env.py`` compares
+        them with single envs'). What the step does not change (similarity, occupancy, usage,
+        the task, its visit, the bank's figures, the mask) stays in the rows as it was."""
+        obs, info = self._rows.obs, self._rows.info
+        zero_shot = np.empty(len(rows))
+        for j, (i, acc) in enumerate(zip(rows, accs, strict=True)):
+            env = self.envs[i]
+            zero_shot[j] = env._last_acc
+            rewards[i] = env.acc_weight * acc - env.lambda_switch * 0.0  # switched: 0
+            env._last_acc = acc
+            env._t += 1
+        t = np.fromiter((self.envs[i]._t for i in rows), np.int64, len(rows))
+        age = (t.astype(np.float32)[:, None] - self._rows.last_used[rows]) \
+            * obs["occupied"][rows] / self._n_steps
+        obs["age"][rows] = np.minimum(age, 1.0)
+        obs["last_accuracy"][rows, 0] = accs
+        info["accuracy"][rows] = accs
+        info["zero_shot_accuracy"][rows] = zero_shot
+        info["loss"][rows] = [r.loss for r in reports]
+        info["skipped_updates"][rows] = [r.skipped for r in reports]
+        info["step_in_phase"][rows] = (t - 1) % self._phase_length
+        for k, v in self._quiet_info.items():
+            info[k][rows] = v
 
     def _reserves(self) -> bool:
         """Whether the step being taken ends in the env's own reserve in every env (a phase end:
@@ -183,16 +237,26 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
 
     def action_masks(self) -> np.ndarray:
         """``(N, mask_len)`` bool: each env's :meth:`AllocationEnv.action_masks`."""
+        if self._rows is not None and not self._stale:
+            return self._rows.info["action_mask"].copy()
         return np.stack([e.action_masks() for e in self.envs])
 
-    def _actions(self, actions: Any) -> list[Any]:
+    def _actions(self, actions: Any) -> np.ndarray:
         """One action per env, checked for the batch's shape (each env checks its own value)."""
         arr = np.asarray(actions)
         want = (self.num_envs, 2) if self._multi else (self.num_envs,)
         if arr.shape != want:
             raise ValueError(f"actions must have shape {want} (one action per env), got "
                              f"{arr.shape}")
-        return list(arr)
+        return arr
+
+    def _out(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """Fresh copies of the rows (callers may keep or change them) and the info masks."""
+        rows, n = self._rows, self.num_envs
+        info: dict[str, Any] = {}
+        for k, v in rows.info.items():
+            info[k], info[f"_{k}"] = v.copy(), np.ones(n, dtype=bool)
+        return {k: v.copy() for k, v in rows.obs.items()}, info
 
     # ------------------------------------------------------------------ the vector API
     def reset(self, *, seed: int | list[int | None] | None = None,
@@ -218,89 +282,101 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
                 o, info = env.reset(seed=seeds[i], options=options or None)
                 infos.append(info)
                 partial = self._add_info(partial, info, i)
+                if self._rows is not None and not mask.all():
+                    self._write_row(i, o, info)
             else:  # the observation as it stands; no info (its mask is false), as Gymnasium's
                 o = env._get_obs()
             obs.append(o)
+        if mask.all() or self._rows is None:
+            self._keep_rows(obs=obs, infos=infos if mask.all() else None)
+            self._stale = not mask.all()  # envs not reset: their info rows are reset-like
         self._autoreset[mask] = False
-        return self._stack_obs(obs), self._stack_infos(infos) if mask.all() else partial
+        if mask.all():
+            return self._out()
+        return self._stack_obs(obs), partial
 
     def step(self, actions: Any) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray,
                                           np.ndarray, dict[str, Any]]:
         """Step every env with its action (batched training); see the module docstring for what
         an env whose episode ended does."""
-        acts = self._actions(actions)
-        n = self.num_envs
+        if self._rows is None:
+            raise gym.error.ResetNeeded("call reset() before step()")
+        arr = self._actions(actions)
+        acts = list(arr)
+        n, envs = self.num_envs, self.envs
+        resetting = self._autoreset.copy()
+        if resetting.any() and self.autoreset_mode == AutoresetMode.DISABLED:
+            raise gym.error.ResetNeeded(
+                f"env {int(np.flatnonzero(resetting)[0])}'s episode ended: reset it "
+                f"(reset(options={{'reset_mask': mask}})) before stepping with "
+                f"autoreset_mode=DISABLED")
+        quiet = self._quiet(arr)
+        stepping = np.flatnonzero(~resetting)
+        together = self._batched is not None and len(stepping) == n
+        plans = {int(i): envs[i]._begin_step(acts[i], measure_zero_shot=not together)
+                 for i in stepping if not quiet[i]}
+        tasks = [plans[i].task if i in plans else envs[i]._stream.task_at(envs[i]._t)
+                 for i in stepping.tolist()]
+        reports, accs, snapshots = self._learn(stepping, plans, tasks, together)
         rewards = np.zeros(n, dtype=np.float64)
         terminated = np.zeros(n, dtype=bool)
         truncated = np.zeros(n, dtype=bool)
-        obs: list[dict[str, np.ndarray] | None] = [None] * n
-        infos: list[dict[str, Any] | None] = [None] * n
-        stepping = []
-        for i in range(n):
-            if self._autoreset[i]:
-                if self.autoreset_mode == AutoresetMode.DISABLED:
-                    raise gym.error.ResetNeeded(
-                        f"env {i}'s episode ended: reset it (reset(options={{'reset_mask': "
-                        f"mask}})) before stepping with autoreset_mode=DISABLED")
-                obs[i], infos[i] = self.envs[i].reset()  # NEXT_STEP: this step is the reset
-            else:
-                stepping.append(i)
-        plans, reports, accs, snapshots = self._learn(stepping, acts)
-        outcomes = []
-        for i, plan, report, acc, snap in zip(stepping, plans, reports, accs, snapshots,
-                                              strict=True):
-            rewards[i], terminated[i], done, retained = \
-                self.envs[i]._finish_step(plan, report, acc, snap)
-            outcomes.append((done, retained))
+        finals: dict[int, tuple[dict[str, np.ndarray], dict[str, Any]]] = {}
+        for j, i in enumerate(stepping.tolist()):
+            if i in plans:
+                env = envs[i]
+                rewards[i], terminated[i], done, retained = \
+                    env._finish_step(plans[i], reports[j], accs[j], snapshots[j])
+                finals[i] = env._get_obs(), env._get_info(done, retained)
+                self._write_row(i, *finals[i])
+        if quiet.any():
+            picked = [j for j, i in enumerate(stepping.tolist()) if quiet[i]]
+            self._step_quiet(np.flatnonzero(quiet), [reports[j] for j in picked],
+                             [accs[j] for j in picked], rewards)
+        for i in np.flatnonzero(resetting):  # NEXT_STEP: this step is the reset
+            self._write_row(i, *envs[i].reset())
+        self._stale = False  # every row was written or stepped from a written one
         ended = terminated | truncated
-        same_step = self.autoreset_mode == AutoresetMode.SAME_STEP and bool(ended.any())
-        if len(stepping) == n and not same_step:  # the common step: infos by columns
-            self._autoreset = ended
-            return (self._stack_obs([e._get_obs() for e in self.envs]), rewards, terminated,
-                    truncated, self._vector_info(outcomes))
         extra: dict[str, Any] = {}
-        for i, (done, retained) in zip(stepping, outcomes, strict=True):
-            env = self.envs[i]
-            obs[i], infos[i] = env._get_obs(), env._get_info(done, retained)
-            if self.autoreset_mode == AutoresetMode.SAME_STEP and ended[i]:
-                extra = self._add_info(extra, {"final_obs": obs[i], "final_info": infos[i]}, i)
-                obs[i], infos[i] = env.reset()
-        # SAME_STEP reset them already; the other modes reset them at (or before) the next step
-        self._autoreset = np.zeros(n, dtype=bool) if self.autoreset_mode == \
-            AutoresetMode.SAME_STEP else ended
-        return self._stack_obs(obs), rewards, terminated, truncated, {
-            **self._stack_infos(infos), **extra}
+        if self.autoreset_mode == AutoresetMode.SAME_STEP:
+            for i in np.flatnonzero(ended):
+                final_obs, final_info = finals[int(i)]
+                extra = self._add_info(extra, {"final_obs": final_obs, "final_info": final_info},
+                                       i)
+                self._write_row(i, *envs[i].reset())
+            ended = np.zeros(n, dtype=bool)  # reset already
+        self._autoreset = ended
+        obs, info = self._out()
+        return obs, rewards, terminated, truncated, {**info, **extra}
 
-    def _learn(self, stepping: list[int], acts: list[Any]
-               ) -> tuple[list[Any], list[Any], list[float], list[Any]]:
-        """The learning part of a step for the envs ``stepping``: each env's plan
-        (:meth:`AllocationEnv._begin_step`), the zero-shot evaluations, the updates, the
-        evaluations and, at a phase end, the snapshots, batched when every env steps."""
-        together = self._batched is not None and len(stepping) == self.num_envs
-        plans = [self.envs[i]._begin_step(acts[i], measure_zero_shot=not together)
-                 for i in stepping]
-        tasks = [p.task for p in plans]
+    def _learn(self, stepping: np.ndarray, plans: dict[int, _StepPlan], tasks: list[int],
+               together: bool) -> tuple[list[Any], list[float], list[Any]]:
+        """The learning part of a step for the envs ``stepping`` (their ``tasks``; ``plans``:
+        those not quiet, from :meth:`AllocationEnv._begin_step`): the zero-shot evaluations,
+        the updates, the evaluations and, at a phase end, the snapshots, batched when every
+        env steps (``together``)."""
         updates = self.envs[0].updates_per_step
         if together:  # the subspaces chosen this step: their zero-shot accuracy in one pass
-            chosen = [j for j, p in enumerate(plans) if p.zero_shot is None]
+            chosen = [i for i, p in plans.items() if p.zero_shot is None]
             if chosen:
-                zero_shot = self._batched.evaluate([tasks[j] for j in chosen], chosen)
-                for j, acc in zip(chosen, zero_shot, strict=True):
-                    plans[j] = plans[j]._replace(zero_shot=acc)
+                zero_shot = self._batched.evaluate([plans[i].task for i in chosen], chosen)
+                for i, acc in zip(chosen, zero_shot, strict=True):
+                    plans[i] = plans[i]._replace(zero_shot=acc)
             reports = self._batched.train(tasks, updates)
             accs = self._batched.evaluate(tasks)
         else:  # analytic, or some envs resetting this step: each learner by itself
-            reports = [self.envs[i].learner.train(t, updates) for i, t in
-                       zip(stepping, tasks, strict=True)]
-            accs = [self.envs[i].learner.evaluate(t) for i, t in
-                    zip(stepping, tasks, strict=True)]
+            learners = [self.envs[i].learner for i in stepping.tolist()]
+            reports = [m.train(t, updates) for m, t in zip(learners, tasks, strict=True)]
+            accs = [m.evaluate(t) for m, t in zip(learners, tasks, strict=True)]
         snapshots: list[Any] = [None] * len(stepping)
         if together and self._reserves():
             snapshots = self._batched.snapshot(tasks) or snapshots
-        return plans, reports, accs, snapshots
+        return reports, accs, snapshots
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:
         """``getattr(env, name)(*args, **kwargs)`` on every env (an attribute: its value)."""
+        if name not in _READ_ONLY:
+            self._stale = True  # it may have changed an env: its rows are rebuilt next step
         out = []
         for env in self.envs:
             attr = getattr(env, name)
@@ -317,6 +393,7 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
             values = [values] * self.num_envs
         if len(values) != self.num_envs:
             raise ValueError(f"set_attr got {len(values)} values for {self.num_envs} envs")
+        self._stale = True
         for env, value in zip(self.envs, values, strict=True):
             setattr(env, name, value)
 

@@ -89,12 +89,11 @@ class BatchedTorchLearner:
         # The frozen parts, shared by every member: (W, b, scaling) per adapted layer, in order.
         self._frozen = [(w, b, s) for w, b, _, _, s in first._fast._layers]
         # Batched views (N, ...) of each trainable parameter and its gradient, in FlatAdam order.
-        self._views, self._grad_views, offset = [], [], 0
+        self._layout, offset = [], 0
         for p in opt.params:
-            k = p.numel()
-            self._views.append(self.flat[:, offset:offset + k].view(self.n, *p.shape))
-            self._grad_views.append(self.grad[:, offset:offset + k].view(self.n, *p.shape))
-            offset += k
+            self._layout.append((offset, offset + p.numel(), p.shape))
+            offset += p.numel()
+        self._views, self._grad_views = self._param_views(self.flat), self._param_views(self.grad)
         # Every task's cached training inputs and labels, concatenated: a batch of all members
         # is one index_select at (task offset + each member's own draw).
         cache = first._cache
@@ -111,7 +110,8 @@ class BatchedTorchLearner:
         self._sizes = sizes
         self._n_classes = [t.n_classes for t in first.tasks]
         self._n_out = first.head.out_features
-        self._one = torch.ones((), dtype=dtype, device=device)
+        # nll_loss's mean gradient at each label: -1 / batch, formed in the parameters' dtype
+        self._nll_grad = -float(torch.ones((), dtype=dtype) / self.batch_size)
 
     # ------------------------------------------------------------------ training
     @single_threaded  # the env's thread policy (nsr_gym.threads), as TorchLearner's methods
@@ -157,12 +157,12 @@ class BatchedTorchLearner:
         """Each member's own draw of a batch, as its fast path draws it: ``(x, z, y)``, inputs
         ``(R, batch, in)``, their lowest frozen layer ``(R, batch, out)`` and labels
         ``(R, batch)``."""
-        shape, parts = (self.batch_size,), []
-        for i in rows:
-            m, t = self.members[i], tasks[i]
-            parts.append(torch.randint(self._sizes[t], shape, generator=m._gen)
-                         + int(self._offset[t]))
-        idx = torch.cat(parts).to(self.flat.device)
+        shape, sizes = (self.batch_size,), self._sizes
+        draws = [torch.randint(sizes[tasks[i]], shape, generator=self.members[i]._gen)
+                 for i in rows]
+        # into the concatenated caches: each draw shifted by its task's offset, in one add
+        offsets = torch.from_numpy(self._offset[[tasks[i] for i in rows]])
+        idx = torch.stack(draws).add_(offsets.unsqueeze(1)).view(-1).to(self.flat.device)
         shape = (len(rows), self.batch_size)
         return (self._train_x.index_select(0, idx).view(*shape, -1),
                 self._train_z.index_select(0, idx).view(*shape, -1),
@@ -194,7 +194,7 @@ class BatchedTorchLearner:
         hw, hb = views[-2], views[-1]
         logits = torch.baddbmm(hb.unsqueeze(1), h, hw.transpose(1, 2))
         g, loss = self._cross_entropy_grad(logits, y, [tasks[i] for i in rows])
-        grads = [torch.empty_like(v) for v in views]
+        grads = [torch.empty_like(v) for v in views]  # contiguous: bmm's fast layout
         torch.bmm(g.transpose(1, 2), h, out=grads[-2])
         torch.sum(g, 1, out=grads[-1])
         g = torch.bmm(g, hw)
@@ -209,7 +209,9 @@ class BatchedTorchLearner:
             torch.bmm(gxa.transpose(1, 2), h_in, out=grads[2 * layer])
             if layer:
                 g = torch.matmul(gz, w).add_(torch.bmm(gxa, a))
-        flat_grad = torch.cat([gr.reshape(len(rows), -1) for gr in grads], 1)
+        # every member: into the shared gradient buffer's rows (FlatAdam's layout)
+        flat_grad = torch.cat([gr.view(len(rows), -1) for gr in grads], 1,
+                              out=self.grad if every else None)
         loss_values = loss.tolist()
         ok = [math.isfinite(v) for v in loss_values]
         sums = flat_grad.sum(1).tolist()
@@ -230,23 +232,20 @@ class BatchedTorchLearner:
         Returns:
             ``(grad (R, batch, n_out), loss (R,))``.
         """
-        aten = torch.ops.aten
         n_rows, batch, n_out = logits.shape
+        classes = [self._n_classes[t] for t in tasks]
+        if classes.count(n_out) == n_rows:  # the common case: every head column in use
+            g, loss = self._log_softmax_nll(logits.reshape(-1, n_out), y.reshape(-1), n_rows)
+            return g.view(n_rows, batch, n_out), loss
         grad = torch.zeros_like(logits)
         loss = torch.empty(n_rows, dtype=logits.dtype, device=logits.device)
-        classes = np.array([self._n_classes[t] for t in tasks])
+        classes = np.array(classes)
         for c in np.unique(classes):
             sel = np.flatnonzero(classes == c)
             part = logits if len(sel) == n_rows else logits[torch.as_tensor(sel)]
             flat = part.reshape(-1, n_out)[:, :c] if c < n_out else part.reshape(-1, n_out)
             labels = (y if len(sel) == n_rows else y[torch.as_tensor(sel)]).reshape(-1)
-            logp = torch.log_softmax(flat, 1)
-            # nll_loss's mean gradient: -1 / batch at each label (total weight = batch)
-            g = torch.zeros_like(logp).scatter_(
-                1, labels.unsqueeze(1), -float(self._one / batch))
-            g = aten._log_softmax_backward_data.default(g, logp, 1, logp.dtype)
-            picked = logp.gather(1, labels.unsqueeze(1)).view(len(sel), batch)
-            loss_part = -(picked.sum(1) / batch)
+            g, loss_part = self._log_softmax_nll(flat, labels, len(sel))
             g = g.view(len(sel), batch, -1)
             if len(sel) == n_rows:
                 grad[..., :c] = g
@@ -256,6 +255,30 @@ class BatchedTorchLearner:
                 grad[rows, :, :c] = g
                 loss[rows] = loss_part
         return grad, loss
+
+    def _log_softmax_nll(self, logits: torch.Tensor, labels: torch.Tensor, n_rows: int
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean cross-entropy of each of ``n_rows`` members' ``batch`` rows and its gradient,
+        by the kernels autograd runs (``log_softmax``, ``nll_loss``'s mean gradient of
+        ``-1 / batch`` at each label, ``_log_softmax_backward_data``).
+
+        Args:
+            logits: ``(n_rows * batch, c)``; labels: ``(n_rows * batch,)``.
+
+        Returns:
+            ``(grad (n_rows * batch, c), loss (n_rows,))``.
+        """
+        logp = torch.log_softmax(logits, 1)
+        at = labels.unsqueeze(1)
+        g = torch.zeros_like(logp).scatter_(1, at, self._nll_grad)
+        g = torch.ops.aten._log_softmax_backward_data.default(g, logp, 1, logp.dtype)
+        loss = logp.gather(1, at).view(n_rows, -1).sum(1).div_(-self.batch_size)
+        return g, loss
+
+    def _param_views(self, flat: torch.Tensor) -> list[torch.Tensor]:
+        """Views ``(R, *shape)`` of each trainable parameter in rows ``(R, numel)`` laid out as
+        :class:`FlatAdam`'s buffer."""
+        return [flat[:, lo:hi].view(len(flat), *shape) for lo, hi, shape in self._layout]
 
     def _adam(self, rows: list[int], index: torch.Tensor, every: bool, g: torch.Tensor,
               ok: list[bool]) -> None:
@@ -275,10 +298,10 @@ class BatchedTorchLearner:
         steps = [float(opt.steps) for opt in opts]
         # The Python-double bias corrections of FlatAdam, cast to float32 as its scalars are.
         dev, dtype = g.device, g.dtype
-        bc2_sqrt = torch.tensor([(1 - self.beta2**t) ** 0.5 for t in steps], dtype=dtype,
-                                device=dev).unsqueeze(1)
-        step_size = torch.tensor([-(self.lr / (1 - self.beta1**t)) for t in steps],
-                                 dtype=dtype, device=dev).unsqueeze(1)
+        bc2_sqrt, step_size = torch.tensor(
+            [[(1 - self.beta2**t) ** 0.5 for t in steps],
+             [-(self.lr / (1 - self.beta1**t)) for t in steps]],
+            dtype=dtype, device=dev).unsqueeze(2)
         if every:
             flat, exp_avg, exp_avg_sq = self.flat, self.exp_avg, self.exp_avg_sq
         else:
@@ -319,9 +342,11 @@ class BatchedTorchLearner:
                 for layer, (w, b, s) in enumerate(self._frozen):
                     a, bb = views[2 * layer], views[2 * layer + 1]
                     lo = torch.bmm(torch.bmm(h, a.transpose(1, 2)), bb.transpose(1, 2))
-                    frozen = self._test_z[t].expand(len(rows), -1, -1).clone() if layer == 0 \
-                        else F.linear(h, w, b)
-                    h = frozen.add_(lo if s == 1.0 else lo * s).relu_()
+                    lo = lo if s == 1.0 else lo * s
+                    # layer 0's frozen part is shared: added out of place (the same sum)
+                    h = torch.add(self._test_z[t], lo) if layer == 0 else \
+                        F.linear(h, w, b).add_(lo)
+                    h = h.relu_()
                 logits = torch.baddbmm(views[-1].unsqueeze(1), h, views[-2].transpose(1, 2))
                 pred = logits[..., :self._n_classes[t]].argmax(2)
                 correct = (pred == first._data[t][3]).sum(1).tolist()
