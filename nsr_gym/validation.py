@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from nsr_gym.bank import EVICTION_POLICIES
+from nsr_gym.bank.entry import is_finite
 from nsr_gym.bank.geometry import (
     GEOMETRY_FILE,
     check_bank_fits,
@@ -278,4 +279,4 @@ def parse_retention_action(action: Any, capacity: int) -> tuple[int, int]:
 def payload_is_finite(payload: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]) -> bool:
     """Whether every floating-point tensor of a payload is free of NaN and inf."""
     tensors = payload.values() if isinstance(payload, Mapping) else payload
-    return all(not t.is_floating_point() or bool(torch.isfinite(t).all()) for t in tensors)
+    return all(is_finite(t) for t in tensors)

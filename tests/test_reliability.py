@@ -185,7 +185,13 @@ def test_the_bank_itself_refuses_non_finite_tensors(tmp_path):
         bank.insert(bad, 0)
     with pytest.raises(ValueError, match="finite"):
         bank.insert(BankEntry(np.array([1, np.inf, 0], np.float32), {}, 0, [0]), 0)
-    assert len(bank) == 0
+    # finite entries whose sum overflows are finite (the one-reduction check falls back)
+    big = BankEntry(np.ones(3, np.float32), {"w": torch.full((4,), 3e38)}, 0, [0])
+    assert bank.insert(big, 0)[0] == 0
+    with pytest.raises(ValueError, match="NaN or inf"):
+        bank.insert(BankEntry(np.ones(3, np.float32), {"w": torch.tensor([-np.inf, np.inf])},
+                              1, [1]), 0)
+    assert len(bank) == 1
 
 
 # ----------------------------------------------------------------------------- bank geometry

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from nsr_gym.bank.checks import PAYLOAD_DTYPES
-from nsr_gym.bank.entry import BankEntry, unique_ids
+from nsr_gym.bank.entry import BankEntry, is_finite, unique_ids
 from nsr_gym.bank.eviction import EVICTION_POLICIES, make_room
 from nsr_gym.bank.files import KEY_TENSOR, load_bank, save_bank
 from nsr_gym.bank.view import BankView
@@ -433,7 +433,7 @@ class TaskKnowledgeBank:
             if str(t.dtype).removeprefix("torch.") not in PAYLOAD_DTYPES:
                 raise ValueError(f"entry.tensors[{name!r}] is {t.dtype}; a bank stores "
                                  f"{', '.join(PAYLOAD_DTYPES)} payloads only")
-            if not bool(torch.isfinite(t).all()):
+            if not is_finite(t):
                 raise ValueError(f"entry.tensors[{name!r}] holds NaN or inf; a bank never stores "
                                  "non-finite tensors (skip the insert instead)")
 

@@ -7,12 +7,13 @@ none of them.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["BankEntry", "unique_ids"]
+__all__ = ["BankEntry", "is_finite", "unique_ids"]
 
 
 @dataclass(eq=False)  # identity equality: field-wise == is ill-defined for arrays and tensors
@@ -51,3 +52,13 @@ class BankEntry:
 def unique_ids(ids: list[int]) -> list[int]:
     """``ids`` as ints, first occurrences only, in order (how ``tasks_served`` is kept)."""
     return list(dict.fromkeys(int(i) for i in ids))
+
+
+def is_finite(t: torch.Tensor) -> bool:
+    """Whether a tensor holds no NaN or inf (integer and bool tensors always do).
+
+    A finite sum means finite entries (NaN and inf propagate), so one reduction decides the
+    common case; only a sum that is not finite (or overflowed) runs the elementwise check."""
+    if not (t.is_floating_point() or t.is_complex()):
+        return True
+    return math.isfinite(float(t.sum())) or bool(torch.isfinite(t).all())

@@ -370,7 +370,7 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
             accs = [m.evaluate(t) for m, t in zip(learners, tasks, strict=True)]
         snapshots: list[Any] = [None] * len(stepping)
         if together and self._reserves():
-            snapshots = self._batched.snapshot(tasks) or snapshots
+            snapshots = self._batched.snapshot(tasks, accs) or snapshots
         return reports, accs, snapshots
 
     def call(self, name: str, *args: Any, **kwargs: Any) -> tuple[Any, ...]:

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from nsr_gym.bank import truncate_lora_batch
+from nsr_gym.bank import LoraTruncation, truncate_lora_batch
 from nsr_gym.learners.base import UpdateReport
 from nsr_gym.learners.fast import FastForward, FlatAdam
 from nsr_gym.learners.torch_learner import SnapshotInfo, TorchLearner
@@ -357,10 +357,15 @@ class BatchedTorchLearner:
 
     # ------------------------------------------------------------------ snapshots
     @single_threaded
-    def snapshot(self, task_ids: Sequence[int]
+    def snapshot(self, task_ids: Sequence[int], accuracy: Sequence[float] | None = None
                  ) -> list[tuple[dict[str, torch.Tensor], float]] | None:
         """Every member's :meth:`TorchLearner.snapshot` on ``task_ids[i]``, with the truncation
         gap's two evaluations batched (all envs end their phases at the same step).
+
+        Args:
+            task_ids: Each member's task.
+            accuracy: :meth:`evaluate` of ``task_ids`` on the subspaces as they stand, when the
+                caller has it (the env's step has just measured it): the gap's first evaluation.
 
         Returns:
             One ``(payload, gap)`` per member, equal to the member's own snapshot (and its
@@ -394,15 +399,27 @@ class BatchedTorchLearner:
                 # eps of THEORY.md: evaluate the compressed subspaces, then put the exact ones
                 # back (the heads are their own payload: restoring the buffer is exact).
                 saved = self.flat.clone()
-                acc_full = self.evaluate(tasks)
-                for m, payload in zip(self.members, payloads, strict=True):
-                    m._write_factors(payload, pad_random=False)
+                acc_full = self.evaluate(tasks) if accuracy is None else list(accuracy)
+                self._write_compressed(cuts)
                 acc32 = self.evaluate(tasks)
                 self.flat.copy_(saved)
                 gaps = [full - stored for full, stored in zip(acc_full, acc32, strict=True)]
         for m, (ranks, energy), acc in zip(self.members, infos, acc32, strict=True):
             m.last_snapshot = SnapshotInfo("float32", ranks, energy, float(acc), float("nan"))
         return [(payload, float(gap)) for payload, gap in zip(payloads, gaps, strict=True)]
+
+    def _write_compressed(self, cuts: list[list[LoraTruncation]]) -> None:
+        """Every member's compressed factors (``cuts``: per layer, one per member) into its
+        LoRA parameters, rank ``k`` padded with zeros to ``r``: what
+        :meth:`TorchLearner._write_factors` writes with ``pad_random=False``, for all members
+        (the heads are left as they are: a snapshot's head is the head)."""
+        for layer, (_, _, scaling) in enumerate(self._frozen):
+            a, b = self._views[2 * layer], self._views[2 * layer + 1]
+            a.zero_()
+            b.zero_()
+            for i, cut in enumerate(cuts[layer]):
+                b[i, :, :cut.rank] = cut.B if scaling == 1.0 else cut.B / scaling
+                a[i, :cut.rank] = cut.A
 
     def close(self) -> None:
         for m in self.members:
