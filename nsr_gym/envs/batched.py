@@ -252,10 +252,10 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
 
     def _out(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Fresh copies of the rows (callers may keep or change them) and the info masks."""
-        rows, n = self._rows, self.num_envs
+        rows, every = self._rows, np.ones(self.num_envs, dtype=bool)
         info: dict[str, Any] = {}
         for k, v in rows.info.items():
-            info[k], info[f"_{k}"] = v.copy(), np.ones(n, dtype=bool)
+            info[k], info[f"_{k}"] = v.copy(), every.copy()
         return {k: v.copy() for k, v in rows.obs.items()}, info
 
     # ------------------------------------------------------------------ the vector API

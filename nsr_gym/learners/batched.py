@@ -39,6 +39,12 @@ from nsr_gym.threads import single_threaded
 
 __all__ = ["BatchedTorchLearner", "clone_learner"]
 
+#: Fewest members of one task :meth:`BatchedTorchLearner.evaluate` evaluates in a batched pass;
+#: below it each evaluates itself (the same kernels): gathering a few rows of the stacked
+#: parameters costs more than it saves (on CPU one member's pass is about half of a gathered
+#: pass of one or two).
+_FEWEST_BATCHED = 3
+
 
 def clone_learner(learner: TorchLearner) -> TorchLearner:
     """A copy of ``learner`` with its own parameters, optimiser and generators, sharing its
@@ -334,6 +340,10 @@ class BatchedTorchLearner:
         for t in dict.fromkeys(tasks):
             slots = [j for j, u in enumerate(tasks) if u == t]
             rows = [who[j] for j in slots]
+            if len(rows) < _FEWEST_BATCHED:  # a pass over a few gathered rows costs more
+                for j, i in zip(slots, rows, strict=True):
+                    acc[j] = self.members[i].evaluate(t)
+                continue
             index = torch.as_tensor(rows, device=self.flat.device)
             views = [v.index_select(0, index) if len(rows) < self.n else v for v in self._views]
             x = first._cache[t][1][0]
