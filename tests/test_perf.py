@@ -113,6 +113,15 @@ def test_bank_version_counts_changes():
     assert bank.version == v0 + 4  # reads change nothing
 
 
+def test_vector_env_step_kinds_cover_the_episode():
+    from nsr_gym.studies.perf import vector_env_step_kinds
+
+    kinds = vector_env_step_kinds(num_envs=2, n_steps=60, repeats=1)  # two 30-step phases
+    assert list(kinds.kind) == ["phase start", "inside", "phase end"]
+    assert list(kinds.steps) == [2, 56, 2]
+    assert (kinds.ms_per_step_cpu > 0).all() and abs(kinds.share_cpu.sum() - 1.0) < 1e-9
+
+
 @pytest.mark.slow
 def test_perf_quick_writes_results(tmp_path):
     out = tmp_path / "perf"
@@ -120,7 +129,7 @@ def test_perf_quick_writes_results(tmp_path):
                            "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("throughput", "ratios", "batched", "compression", "recall", "bytes_per_task",
-                 "rank_scaling", "task_scaling", "targets"):
+                 "rank_scaling", "task_scaling", "targets", "vector_env", "vector_env_steps"):
         assert len(pd.read_csv(out / f"{name}.csv")) > 0, name
     md = (out / "perf.md").read_text()
     assert "## Targets" in md and "torch" in md and "Load average" in md

@@ -14,6 +14,8 @@ runs them at the command's sizes and writes the report. Sections:
 * :func:`batched_throughput`: the numpy-vectorised analytic sweep
   (:func:`~nsr_gym.studies.analytic_sweep.simulate_analytic`), steps per second against the
   batch size;
+* :func:`vector_env_throughput`: the batched vector env against ``N`` single envs in a loop;
+  :func:`vector_env_step_kinds`: where its time goes (phase starts, inside, phase ends);
 * :func:`bytes_per_task` and :func:`rank_scaling`: what a bank entry weighs and how step cost
   and entry size grow with the LoRA rank; :func:`task_scaling`: how step cost grows with the
   number of tasks the bank holds.
@@ -353,4 +355,56 @@ def vector_env_throughput(benchmark: str = "CyclicSplitDigits",
         row["speedup_cpu"] = row["steps_per_s_cpu"] / row["loop_steps_per_s_cpu"]
         row["speedup_wall"] = row["steps_per_s_wall"] / row["loop_steps_per_s_wall"]
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def vector_env_step_kinds(benchmark: str = "CyclicSplitDigits", num_envs: int = 16,
+                          n_steps: int = 600, repeats: int = 3, switch_p: float = 0.1,
+                          seed: int = 0, device: str = "cpu") -> pd.DataFrame:
+    """Where the batched env's time goes: CPU time per batched step by the kind of step.
+
+    The same episodes as :func:`vector_env_throughput` at one ``N``, each step timed on its own
+    and counted as a ``phase start`` (every env chooses a subspace and measures it), a
+    ``phase end`` (every env compresses and reserves, then probes the next task) or
+    ``inside`` (quiet steps, and the envs that switch).
+
+    Returns:
+        One row per kind: ``steps`` per episode, ``ms_per_step_cpu`` (the median over repeats
+        of the kind's mean), ``steps_per_s_cpu`` (env steps per second were every step of that
+        kind: ``N / time``) and ``share_cpu``, the kind's part of the episode's CPU time.
+    """
+    import gymnasium as gym
+
+    import nsr_gym
+
+    vec = gym.make_vec(nsr_gym.env_id(benchmark), num_envs=num_envs,
+                       vectorization_mode="vector_entry_point", learner={"device": device})
+    length = vec.envs[0].phase_length
+    n_actions = int(vec.single_action_space.n)
+    streams = np.stack([_action_stream(n_actions, switch_p, seed + i)
+                        for i in range(num_envs)], 1)
+    kinds = ["phase start", "inside", "phase end"]
+    of_step = [kinds[0] if t % length == 0 else kinds[2] if t % length == length - 1
+               else kinds[1] for t in range(n_steps)]
+    per_repeat = []
+    for repeat in range(repeats + 1):  # the first is a warm-up
+        times = np.zeros(n_steps)
+        _, info = vec.reset(seed=seed)
+        for t in range(n_steps):
+            a = streams[t % len(streams)]
+            a = np.where(info["action_mask"][np.arange(len(a)), a], a, 0)
+            start = time.process_time()
+            _, _, _, _, info = vec.step(a)
+            times[t] = time.process_time() - start
+        if repeat:
+            per_repeat.append(times)
+    vec.close()
+    rows = []
+    for kind in kinds:
+        picked = [t for t in range(n_steps) if of_step[t] == kind]
+        mean_s = float(np.median([times[picked].mean() for times in per_repeat]))
+        share = float(np.median([times[picked].sum() / times.sum() for times in per_repeat]))
+        rows.append({"benchmark": benchmark, "num_envs": num_envs, "kind": kind,
+                     "steps": len(picked), "ms_per_step_cpu": 1e3 * mean_s,
+                     "steps_per_s_cpu": num_envs / mean_s, "share_cpu": share})
     return pd.DataFrame(rows)
