@@ -56,6 +56,24 @@ def measure(fn: Callable[[], object], repeats: int = 5, number: int = 1, warmup:
     return Timing(float(np.median(walls)), float(np.median(cpus)), repeats)
 
 
+def measure_pair(first: Callable[[], object], second: Callable[[], object], repeats: int = 5,
+                 warmup: int = 1) -> tuple[Timing, Timing]:
+    """:func:`measure` of two functions whose ratio is the figure, their runs interleaved
+    (first, second, first, ...): on a shared machine whose speed drifts over minutes, both then
+    see the same machine, which back-to-back blocks of repeats do not."""
+    for _ in range(warmup):
+        first()
+        second()
+    times: list[list[tuple[float, float]]] = [[], []]
+    for _ in range(repeats):
+        for fn, out in zip((first, second), times, strict=True):
+            w0, c0 = time.perf_counter(), time.process_time()
+            fn()
+            out.append((time.perf_counter() - w0, time.process_time() - c0))
+    return tuple(Timing(float(np.median([w for w, _ in t])), float(np.median([c for _, c in t])),
+                        repeats) for t in times)  # type: ignore[return-value]
+
+
 def machine_load() -> float:
     """The 1-minute load average (``nan`` where the OS does not report one)."""
     try:
@@ -306,8 +324,9 @@ def vector_env_throughput(benchmark: str = "CyclicSplitDigits",
     For each ``N``: ``gym.make_vec(id, N, vectorization_mode="vector_entry_point")`` stepped
     ``n_steps`` times (``N * n_steps`` env steps), and, in the same run, ``N`` envs of
     ``gym.make(id)`` each stepped ``n_steps`` times in a Python loop with the same action
-    streams (invalid loads keep, in both). The loop is measured up to ``N = loop_max``; above
-    it its per-env rate is the one at ``loop_max`` (the loop's cost is linear in ``N``).
+    streams (invalid loads keep, in both), their repeats interleaved (:func:`measure_pair`).
+    The loop is measured up to ``N = loop_max``; above it its per-env rate is the one at
+    ``loop_max`` (the loop's cost is linear in ``N``).
 
     Returns:
         One row per ``N``: ``steps_per_s_{cpu,wall}`` of the batch and of the loop, and their
@@ -333,8 +352,6 @@ def vector_env_throughput(benchmark: str = "CyclicSplitDigits",
                 a = np.where(info["action_mask"][np.arange(len(a)), a], a, 0)
                 _, _, terminated, _, info = vec.step(a)
 
-        batch = measure(run_batch, repeats=repeats, warmup=1)
-        vec.close()
         measured = n <= loop_max or loop_rate is None
         if measured:  # a loop of single envs has one env's throughput, whatever N
             envs = [gym.make(env_name, learner=learner) for _ in range(n)]
@@ -343,10 +360,13 @@ def vector_env_throughput(benchmark: str = "CyclicSplitDigits",
                 for i, env in enumerate(envs):
                     _rollout(env, n_steps, streams[:, i].tolist(), seed + i)
 
-            loop = measure(run_loop, repeats=repeats, warmup=1)
+            batch, loop = measure_pair(run_batch, run_loop, repeats=repeats)
             for env in envs:
                 env.close()
             loop_rate = (n * n_steps / loop.cpu_s, n * n_steps / loop.wall_s)
+        else:
+            batch = measure(run_batch, repeats=repeats, warmup=1)
+        vec.close()
         total = n * n_steps
         row = {"benchmark": benchmark, "num_envs": n, "device": device,
                "steps_per_s_cpu": total / batch.cpu_s, "steps_per_s_wall": total / batch.wall_s,

@@ -254,9 +254,10 @@ def _summary(meta: dict, t: dict[str, pd.DataFrame]) -> str:
         markdown_table(t["vector_env"], ".4g"),
         "`steps_per_s` counts env steps of all N envs; `loop_steps_per_s` is N single envs of "
         "`gym.make` stepped one after another in a Python loop with the same action streams, "
-        "measured in the same run (`loop_measured = False`: above N = 64 the loop's rate at "
-        "N = 64 is reused, a loop's throughput does not depend on N); `speedup` is their "
-        "ratio. Equal to the single env step for step: `tests/test_batched_env.py`."
+        "measured in the same run, their repeats interleaved (`loop_measured = False`: above "
+        "N = 64 the loop's rate at N = 64 is reused, a loop's throughput does not depend on "
+        "N); `speedup` is their ratio. Equal to the single env step for step: "
+        "`tests/test_batched_env.py`."
         + ("" if meta["device"] == "cuda" else " No GPU rows: this run had no CUDA device."),
         "Where the batched env's time goes, by the kind of step (the same episodes at one N, "
         "each step timed on its own; `share_cpu`: the kind's part of an episode's CPU time; "
