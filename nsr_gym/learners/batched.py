@@ -330,7 +330,7 @@ class BatchedTorchLearner:
                  ) -> list[float]:
         """Held-out accuracy of member ``members[j]`` (default: every member, in order) on task
         ``task_ids[j]``: one batched pass per distinct task (its test inputs are shared by
-        those members)."""
+        those members); fewer than ``_FEWEST_BATCHED`` members of a task evaluate themselves."""
         tasks = [int(t) for t in task_ids]
         who = list(range(self.n)) if members is None else [int(i) for i in members]
         if not self.batched:
