@@ -232,6 +232,7 @@ def test_bad_input_gets_clear_errors() -> None:
         env.step(np.zeros(3, dtype=np.int64))
     with pytest.raises(ValueError):
         env.step(np.array([0, 99]))  # each env checks its own action, as a single env does
+    assert env._stale  # a step that raised: the rows are rebuilt from the envs next time
     with pytest.raises(ValueError, match="seeds"):
         env.reset(seed=[1, 2, 3])
 

@@ -311,6 +311,7 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
                 f"(reset(options={{'reset_mask': mask}})) before stepping with "
                 f"autoreset_mode=DISABLED")
         quiet = self._quiet(arr)
+        self._stale = True  # until the step completes: an env that raised leaves no stale rows
         stepping = np.flatnonzero(~resetting)
         together = self._batched is not None and len(stepping) == n
         plans = {int(i): envs[i]._begin_step(acts[i], measure_zero_shot=not together)
