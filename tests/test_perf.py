@@ -129,7 +129,8 @@ def test_perf_quick_writes_results(tmp_path):
                            "--out", str(out)], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in ("throughput", "ratios", "batched", "compression", "recall", "bytes_per_task",
-                 "rank_scaling", "task_scaling", "targets", "vector_env", "vector_env_steps"):
+                 "rank_scaling", "task_scaling", "targets", "vector_env", "vector_env_steps",
+                 "batched_learner"):
         assert len(pd.read_csv(out / f"{name}.csv")) > 0, name
     md = (out / "perf.md").read_text()
     assert "## Targets" in md and "torch" in md and "Load average" in md

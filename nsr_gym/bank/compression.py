@@ -9,12 +9,13 @@ each entry (:func:`payload_ranks` reads the ranks back from a stored payload);
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import NamedTuple
 
 import numpy as np
 import torch
+
+from nsr_gym.bank.entry import is_finite
 
 __all__ = ["LoraTruncation", "compress_lora", "dense_truncated_svd", "payload_ranks",
            "truncate_lora", "truncate_lora_batch"]
@@ -85,10 +86,7 @@ def truncate_lora(B: torch.Tensor, A: torch.Tensor, rank: int | None = None,
     # the arithmetic itself runs in float64, which costs little at O((m + n) r^2).
     eps = torch.finfo(in_dtype if in_dtype.is_floating_point else torch.float32).eps
     b64, a64 = B.detach().to(torch.float64), A.detach().to(torch.float64)
-    # A finite sum means finite entries (NaN and inf propagate): one reduction instead of an
-    # elementwise check, which only runs when the sum is not finite (or overflowed).
-    if not (math.isfinite(float(b64.sum())) and math.isfinite(float(a64.sum()))) and not (
-            bool(torch.isfinite(b64).all()) and bool(torch.isfinite(a64).all())):
+    if not (is_finite(b64) and is_finite(a64)):
         raise ValueError("compress_lora: B and A must be finite (found NaN or inf)")
     zeros = LoraTruncation(torch.zeros(m, 1, device=B.device), torch.zeros(1, n, device=B.device),
                            1, 1.0)
@@ -128,7 +126,7 @@ def truncate_lora_batch(B: torch.Tensor, A: torch.Tensor, rank: int | None = Non
     in_dtype = torch.promote_types(B.dtype, A.dtype)
     eps = torch.finfo(in_dtype if in_dtype.is_floating_point else torch.float32).eps
     b64, a64 = B.detach().to(torch.float64), A.detach().to(torch.float64)
-    if not (math.isfinite(float(b64.sum())) and math.isfinite(float(a64.sum()))):
+    if not (is_finite(b64) and is_finite(a64)):
         raise ValueError("truncate_lora_batch: B and A must be finite (found NaN or inf)")
     q_b, r_b = torch.linalg.qr(b64)
     q_a, r_a = torch.linalg.qr(a64.transpose(1, 2))

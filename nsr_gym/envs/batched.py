@@ -155,7 +155,8 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
             self._quiet_info.update(RetentionInfo(-1, -1, 0)._asdict())
 
     # ------------------------------------------------------------------ helpers
-    def _stack_obs(self, obs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    @staticmethod
+    def _stack_obs(obs: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """The envs' observations stacked: ``{key: (N, ...) float32}``."""
         return {k: np.stack([o[k] for o in obs]) for k in obs[0]}
 
@@ -164,7 +165,7 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
         """The envs' info dicts by key, ``{key: (N, ...)}`` in each value's dtype (no masks)."""
         return {k: np.stack([info[k] for info in infos]) for k in infos[0]}
 
-    def _keep_rows(self, rows: _Rows | None = None, obs: list[dict[str, np.ndarray]] | None = None,
+    def _keep_rows(self, obs: list[dict[str, np.ndarray]] | None = None,
                    infos: list[dict[str, Any]] | None = None) -> None:
         """Start the rows afresh from every env's observation and info (``None``: as the env
         stands, its info as at a reset)."""
@@ -312,18 +313,18 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
                 f"autoreset_mode=DISABLED")
         quiet = self._quiet(arr)
         self._stale = True  # until the step completes: an env that raised leaves no stale rows
-        stepping = np.flatnonzero(~resetting)
+        stepping = np.flatnonzero(~resetting).tolist()
         together = self._batched is not None and len(stepping) == n
-        plans = {int(i): envs[i]._begin_step(acts[i], measure_zero_shot=not together)
+        plans = {i: envs[i]._begin_step(acts[i], measure_zero_shot=not together)
                  for i in stepping if not quiet[i]}
         tasks = [plans[i].task if i in plans else envs[i]._stream.task_at(envs[i]._t)
-                 for i in stepping.tolist()]
+                 for i in stepping]
         reports, accs, snapshots = self._learn(stepping, plans, tasks, together)
         rewards = np.zeros(n, dtype=np.float64)
         terminated = np.zeros(n, dtype=bool)
         truncated = np.zeros(n, dtype=bool)
         finals: dict[int, tuple[dict[str, np.ndarray], dict[str, Any]]] = {}
-        for j, i in enumerate(stepping.tolist()):
+        for j, i in enumerate(stepping):
             if i in plans:
                 env = envs[i]
                 rewards[i], terminated[i], done, retained = \
@@ -331,7 +332,7 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
                 finals[i] = env._get_obs(), env._get_info(done, retained)
                 self._write_row(i, *finals[i])
         if quiet.any():
-            picked = [j for j, i in enumerate(stepping.tolist()) if quiet[i]]
+            picked = [j for j, i in enumerate(stepping) if quiet[i]]
             self._step_quiet(np.flatnonzero(quiet), [reports[j] for j in picked],
                              [accs[j] for j in picked], rewards)
         for i in np.flatnonzero(resetting):  # NEXT_STEP: this step is the reset
@@ -350,7 +351,7 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
         obs, info = self._out()
         return obs, rewards, terminated, truncated, {**info, **extra}
 
-    def _learn(self, stepping: np.ndarray, plans: dict[int, _StepPlan], tasks: list[int],
+    def _learn(self, stepping: list[int], plans: dict[int, _StepPlan], tasks: list[int],
                together: bool) -> tuple[list[Any], list[float], list[Any]]:
         """The learning part of a step for the envs ``stepping`` (their ``tasks``; ``plans``:
         those not quiet, from :meth:`AllocationEnv._begin_step`): the zero-shot evaluations,
@@ -366,7 +367,7 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
             reports = self._batched.train(tasks, updates)
             accs = self._batched.evaluate(tasks)
         else:  # analytic, or some envs resetting this step: each learner by itself
-            learners = [self.envs[i].learner for i in stepping.tolist()]
+            learners = [self.envs[i].learner for i in stepping]
             reports = [m.train(t, updates) for m, t in zip(learners, tasks, strict=True)]
             accs = [m.evaluate(t) for m, t in zip(learners, tasks, strict=True)]
         snapshots: list[Any] = [None] * len(stepping)

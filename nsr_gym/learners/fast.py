@@ -24,13 +24,13 @@ repeats what can be done once (lookups, views and shapes are resolved at build t
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from nsr_gym.bank.entry import is_finite
 from nsr_gym.learners.backbones import ViTTiny
 
 #: ``(W, b, A, B, scaling)`` of one adapted ``Linear``: the frozen base weight and bias, and the
@@ -279,9 +279,7 @@ class FlatAdam:
         if grads is not None:
             torch._foreach_copy_(self._grad_views, list(grads))
         g = self.grad
-        # A finite sum means finite entries (NaN and inf propagate); only an overflowing sum of
-        # finite entries needs the elementwise check.
-        if not math.isfinite(float(g.sum())) and not bool(torch.isfinite(g).all()):
+        if not is_finite(g):
             return False
         beta1, beta2 = self.betas
         self.steps += 1

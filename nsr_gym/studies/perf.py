@@ -16,6 +16,7 @@ runs them at the command's sizes and writes the report. Sections:
   batch size;
 * :func:`vector_env_throughput`: the batched vector env against ``N`` single envs in a loop;
   :func:`vector_env_step_kinds`: where its time goes (phase starts, inside, phase ends);
+  :func:`batched_learner_cost`: one batched update and evaluation alone, against ``N``;
 * :func:`bytes_per_task` and :func:`rank_scaling`: what a bank entry weighs and how step cost
   and entry size grow with the LoRA rank; :func:`task_scaling`: how step cost grows with the
   number of tasks the bank holds.
@@ -427,4 +428,42 @@ def vector_env_step_kinds(benchmark: str = "CyclicSplitDigits", num_envs: int = 
         rows.append({"benchmark": benchmark, "num_envs": num_envs, "kind": kind,
                      "steps": len(picked), "ms_per_step_cpu": 1e3 * mean_s,
                      "steps_per_s_cpu": num_envs / mean_s, "share_cpu": share})
+    return pd.DataFrame(rows)
+
+
+def batched_learner_cost(benchmark: str = "CyclicSplitDigits",
+                         num_envs: Sequence[int] = (1, 4, 16, 64), repeats: int = 5,
+                         number: int = 50, device: str = "cpu") -> pd.DataFrame:
+    """What one batched update and one batched evaluation of ``N`` learners cost, alone.
+
+    :class:`~nsr_gym.learners.batched.BatchedTorchLearner` of ``N`` copies of the benchmark's
+    learner, every member on task 0: :meth:`train` with one update and :meth:`evaluate`, each
+    timed over ``number`` calls (median of ``repeats``). The torch work of a quiet batched step
+    is one of each; their growth with ``N`` separates the fixed per-call cost from each member's.
+
+    Returns:
+        One row per ``N``: ``update_us_cpu``, ``evaluate_us_cpu`` and both per member.
+    """
+    import gymnasium as gym
+
+    import nsr_gym
+    from nsr_gym.learners.batched import BatchedTorchLearner, clone_learner
+
+    env = gym.make(nsr_gym.env_id(benchmark), learner={"device": device}).unwrapped
+    rows = []
+    for n in num_envs:
+        members = [env.learner] + [clone_learner(env.learner) for _ in range(n - 1)]
+        for seed, m in enumerate(members):
+            m.reset(np.random.default_rng(seed))
+        batch = BatchedTorchLearner(members)
+        tasks = [0] * n
+        update = measure(lambda b=batch, t=tasks: b.train(t, 1), repeats=repeats, number=number)
+        evaluate = measure(lambda b=batch, t=tasks: b.evaluate(t), repeats=repeats,
+                           number=number)
+        rows.append({"benchmark": benchmark, "num_envs": n, "device": device,
+                     "update_us_cpu": 1e6 * update.cpu_s,
+                     "evaluate_us_cpu": 1e6 * evaluate.cpu_s,
+                     "update_us_per_env": 1e6 * update.cpu_s / n,
+                     "evaluate_us_per_env": 1e6 * evaluate.cpu_s / n})
+    env.close()
     return pd.DataFrame(rows)

@@ -53,13 +53,14 @@ def _settings(quick: bool) -> dict:
                     analytic_steps=400, ranks=(16,), dense_repeats=1, recall_sizes=(10**3, 10**4),
                     recall_768=(10**3,), bytes_ranks=(4,), rank_scaling=(4,), rank_updates=20,
                     task_scaling=(5,), task_steps=200, batch=(1, 100), vector=(1, 4),
-                    vector_steps=20, kinds_envs=4)
+                    vector_steps=20, kinds_envs=4, learner_envs=(1, 4))
     return dict(repeats=5, steps={"CyclicSplitDigits": 600, "CyclicSplitDigitsViT": 150},
                 analytic_steps=6000, ranks=(4, 8, 16, 32, 64), dense_repeats=3,
                 recall_sizes=(10**3, 10**4, 10**5, 10**6), recall_768=(10**3, 10**4, 10**5),
                 bytes_ranks=(2, 4, 8, 16), rank_scaling=(2, 4, 8, 16, 32), rank_updates=300,
                 task_scaling=(5, 20, 80), task_steps=3000, batch=(1, 100, 1000, 10000),
-                vector=(1, 4, 16, 64, 256), vector_steps=600, kinds_envs=16)
+                vector=(1, 4, 16, 64, 256), vector_steps=600, kinds_envs=16,
+                learner_envs=(1, 4, 16, 64))
 
 
 def _check(name: str, cpu: float, wall: float, lower_is_better: bool = False) -> dict:
@@ -182,6 +183,11 @@ def _perf(out: Path, quick: bool, device: str, threads: int) -> str:
                                        repeats=max(1, s["repeats"] // 2), device=device)
     say("batched vector env by kind of step: " + ", ".join(
         f"{r.kind} {r.ms_per_step_cpu:.2f} ms" for r in kinds.itertuples()))
+    learner_cost = perf.batched_learner_cost("CyclicSplitDigits", s["learner_envs"],
+                                             repeats=s["repeats"], device=device)
+    say("batched learner alone: " + ", ".join(
+        f"N={r.num_envs} {r.update_us_cpu:.0f} + {r.evaluate_us_cpu:.0f} us"
+        for r in learner_cost.itertuples()))
 
     # ---- bank: compression and recall -----------------------------------------------------------
     comp = perf.compression(768, s["ranks"], repeats=s["repeats"], dense_repeats=s["dense_repeats"])
@@ -204,6 +210,7 @@ def _perf(out: Path, quick: bool, device: str, threads: int) -> str:
                     load_avg_before=load_before, load_avg_after=perf.machine_load())
     tables = {"throughput": throughput, "ratios": _ratios(throughput, batched),
               "batched": batched, "vector_env": vector, "vector_env_steps": kinds,
+              "batched_learner": learner_cost,
               "compression": comp, "recall": recall, "bytes_per_task": sizes,
               "rank_scaling": by_rank, "task_scaling": by_tasks,
               "targets": _targets(throughput, comp, recall, vector)}
@@ -263,6 +270,10 @@ def _summary(meta: dict, t: dict[str, pd.DataFrame]) -> str:
         "each step timed on its own; `share_cpu`: the kind's part of an episode's CPU time; "
         "`steps_per_s_cpu`: env steps per second were every step of that kind):",
         markdown_table(t["vector_env_steps"], ".4g"),
+        "The torch work of a quiet batched step alone: one update and one evaluation of N "
+        "learners (`nsr_gym.learners.batched.BatchedTorchLearner`, every member on task 0; "
+        "CPU time per call):",
+        markdown_table(t["batched_learner"], ".4g"),
         "## Compression at d = 768 (truncating a rank-r LoRA to r/2), QR + r x r SVD vs dense SVD",
         markdown_table(comp, ".4g"),
         "## Top-1 recall latency (exact: one matrix-vector product and an argmax; unbatched, "
