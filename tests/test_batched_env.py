@@ -248,6 +248,9 @@ def test_truncate_lora_batch_equals_truncate_lora() -> None:
             ref = truncate_lora(B[i], A[i], rank, energy)
             assert cut.rank == ref.rank and cut.energy == ref.energy
             assert torch.equal(cut.B, ref.B) and torch.equal(cut.A, ref.A)
+            # its own storage: a stored payload keeps no other adapter's factors alive
+            assert cut.B.untyped_storage().nbytes() == cut.B.numel() * cut.B.element_size()
+    assert len({cut.rank for cut in truncate_lora_batch(B, A, None, 0.9)}) > 1  # rank groups
     with pytest.raises(ValueError, match="finite"):
         truncate_lora_batch(B * float("nan"), A)
     with pytest.raises(ValueError, match=r"\(N, m, r\)"):

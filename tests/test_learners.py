@@ -52,6 +52,36 @@ def test_training_learns_and_snapshot_load_round_trip(learner):
     assert learner.evaluate(1) == pytest.approx(trained - gap, abs=1e-9)
 
 
+def test_fresh_and_load_draw_what_torch_rand_draws(learner):
+    """Fresh adapters and heads, and a load's padding rows, are ``(torch.rand * 2 - 1) * bound``
+    from the init generator, drawn in place: the values (and generator states) that every
+    committed trajectory was made with."""
+    learner.reset(np.random.default_rng(4))
+    gen = torch.Generator()
+    gen.set_state(learner._init_gen.get_state())
+
+    def draw(t: torch.Tensor, bound: float) -> torch.Tensor:
+        return (torch.rand(t.shape, generator=gen) * 2 - 1) * bound
+
+    learner.fresh()
+    for a, b, _ in learner._lora:
+        assert torch.equal(a, draw(a, 1.0 / a.shape[1] ** 0.5)) and not b.any()
+    bound = 1.0 / learner.head.in_features ** 0.5
+    assert torch.equal(learner.head.weight, draw(learner.head.weight, bound))
+    assert torch.equal(learner.head.bias, draw(learner.head.bias, bound))
+    learner.train(0, 20)
+    payload = {k: v.clone() for k, v in learner.snapshot(0)[0].items()}
+    payload["layer0.B"], payload["layer0.A"] = payload["layer0.B"][:, :1], payload["layer0.A"][:1]
+    learner.load(payload)
+    for i, (a, b, scaling) in enumerate(learner._lora):
+        k = payload[f"layer{i}.A"].shape[0]
+        padded = draw(a, 1.0 / a.shape[1] ** 0.5)
+        padded[:k] = payload[f"layer{i}.A"]
+        assert torch.equal(a, padded)
+        assert torch.equal(b[:, :k], payload[f"layer{i}.B"] / scaling) and not b[:, k:].any()
+    assert torch.equal(learner._init_gen.get_state(), gen.get_state())
+
+
 def test_embeddings_identify_tasks(learner):
     learner.reset(np.random.default_rng(3))
     keys = np.stack([learner.embed(t) for t in range(5)])

@@ -132,21 +132,33 @@ def truncate_lora_batch(B: torch.Tensor, A: torch.Tensor, rank: int | None = Non
     q_a, r_a = torch.linalg.qr(a64.transpose(1, 2))
     u, s, vh = torch.linalg.svd(r_b @ r_a.transpose(1, 2), full_matrices=False)
     s_all = s.cpu().numpy()
-    out = []
-    for i in range(n_batch):
-        s_np = s_all[i]
-        if s_np[0] == 0.0:
-            out.append(truncate_lora(B[i], A[i], rank, energy))  # the zeros, as alone
+    tol = eps * max(m, n, r)
+    # Kept rank per adapter (0: a zero dW, whose zeros truncate_lora makes); then the factors of
+    # all adapters that keep the same rank in one product each (per matrix the same routine).
+    live = s_all[:, 0] != 0.0
+    ks = [0] * n_batch
+    if live.any():
+        for i, k in zip(np.flatnonzero(live), _select_ranks(s_all[live], tol, rank, energy),
+                        strict=True):
+            ks[int(i)] = int(k)
+    out: list[LoraTruncation | None] = [None] * n_batch
+    for k in sorted(set(ks)):
+        sel = [i for i, ki in enumerate(ks) if ki == k]
+        if k == 0:
+            for i in sel:
+                out[i] = truncate_lora(B[i], A[i], rank, energy)  # the zeros, as alone
             continue
-        k = _select_rank(s_np, eps * max(m, n, r), rank, energy)
-        root = s[i, :k].sqrt()
-        b_k = (q_b[i] @ u[i, :, :k]) * root
-        a_k = root[:, None] * (vh[i, :k] @ q_a[i].T)
-        s2 = s_np.astype(np.float64) ** 2
-        out.append(LoraTruncation(b_k.to(torch.float32).contiguous(),
-                                  a_k.to(torch.float32).contiguous(), int(k),
-                                  float(s2[:k].sum() / s2.sum())))
-    return out
+        idx = torch.as_tensor(sel, device=s.device)
+        root = s[idx, :k].sqrt()  # (G, k)
+        b_k = (torch.bmm(q_b[idx], u[idx, :, :k]) * root[:, None, :]).to(torch.float32)
+        a_k = (root[:, :, None] * torch.bmm(vh[idx, :k], q_a[idx].transpose(1, 2))
+               ).to(torch.float32)
+        for j, i in enumerate(sel):
+            s2 = s_all[i].astype(np.float64) ** 2
+            # own copies: a stored payload must not keep the whole group's storage alive
+            out[i] = LoraTruncation(b_k[j].clone(), a_k[j].clone(), int(k),
+                                    float(s2[:k].sum() / s2.sum()))
+    return out  # type: ignore[return-value]
 
 
 def payload_ranks(payload: Mapping[str, torch.Tensor]) -> dict[str, int]:
@@ -158,18 +170,26 @@ def payload_ranks(payload: Mapping[str, torch.Tensor]) -> dict[str, int]:
 
 def _select_rank(s: np.ndarray, rel_tol: float, rank: int | None, energy: float | None) -> int:
     """Number of singular values to keep; ``s`` is sorted descending with ``s[0] > 0``."""
-    s2 = np.where(s > s[0] * rel_tol, s.astype(np.float64) ** 2, 0.0)
-    nonzero = max(1, int(np.count_nonzero(s2)))
-    k = nonzero if rank is None and energy is None else len(s)
+    return int(_select_ranks(s[None], rel_tol, rank, energy)[0])
+
+
+def _select_ranks(s: np.ndarray, rel_tol: float, rank: int | None, energy: float | None
+                  ) -> np.ndarray:
+    """:func:`_select_rank` of each row of ``s`` ``(N, r)`` (rows sorted descending, each with
+    ``s[i, 0] > 0``), by row-wise array operations: ``(N,)`` int64."""
+    s2 = np.where(s > s[:, :1] * rel_tol, s.astype(np.float64) ** 2, 0.0)
+    nonzero = np.maximum(1, np.count_nonzero(s2, axis=1))
+    k = nonzero if rank is None and energy is None else np.full(len(s), s.shape[1])
     if rank is not None:
-        k = min(k, int(rank))
+        k = np.minimum(k, int(rank))
     if energy is not None:
-        cum = np.cumsum(s2)
+        cum = np.cumsum(s2, axis=1)
         # Divide by cum[-1] (not s2.sum()) so the ratio reaches exactly 1.0 at the numerical
         # rank and energy=1.0 never spills into noise-level singular values.
-        ratio = cum / cum[-1]
-        k = min(k, int(np.count_nonzero(ratio < float(energy))) + 1, nonzero)
-    return max(1, k)
+        ratio = cum / cum[:, -1:]
+        k = np.minimum(np.minimum(k, np.count_nonzero(ratio < float(energy), axis=1) + 1),
+                       nonzero)
+    return np.maximum(1, k)
 
 
 def dense_truncated_svd(W: torch.Tensor, k: int) -> torch.Tensor:

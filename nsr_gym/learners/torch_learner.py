@@ -308,21 +308,28 @@ class TorchLearner(Learner):
         self._teacher = []
         self.fresh()
 
-    def _new_A(self, shape: torch.Size) -> torch.Tensor:
+    def _draw_uniform(self, t: torch.Tensor, bound: float) -> None:
+        """Fill ``t`` with ``U(-bound, bound)`` from the init generator, in place: the values of
+        ``(torch.rand(t.shape, generator) * 2 - 1) * bound`` (the same draw and the same three
+        operations; a contiguous CPU tensor draws straight into its storage)."""
+        if t.device.type == "cpu" and t.is_contiguous():
+            t.uniform_(0, 1, generator=self._init_gen)
+        else:  # the generator lives on the CPU
+            t.copy_(torch.rand(t.shape, generator=self._init_gen))
+        t.mul_(2).sub_(1).mul_(bound)
+
+    def _new_A(self, a: torch.Tensor) -> None:
         # Kaiming-uniform with a = sqrt(5), as peft and nn.Linear initialise lora_A.
-        bound = 1.0 / shape[1] ** 0.5
-        return (torch.rand(shape, generator=self._init_gen) * 2 - 1) * bound
+        self._draw_uniform(a, 1.0 / a.shape[1] ** 0.5)
 
     def fresh(self) -> None:
         with torch.no_grad():
             for a, b, _ in self._lora:
-                a.copy_(self._new_A(a.shape))
+                self._new_A(a)
                 b.zero_()
             bound = 1.0 / self.head.in_features**0.5
-            w = (torch.rand(self.head.weight.shape, generator=self._init_gen) * 2 - 1) * bound
-            bias = (torch.rand(self.head.bias.shape, generator=self._init_gen) * 2 - 1) * bound
-            self.head.weight.copy_(w)
-            self.head.bias.copy_(bias)
+            self._draw_uniform(self.head.weight, bound)
+            self._draw_uniform(self.head.bias, bound)
         self._reset_optimizer()
 
     def _reset_optimizer(self) -> None:
@@ -333,7 +340,9 @@ class TorchLearner(Learner):
             self.optimizer.state.clear()
 
     def _write_factors(self, payload: dict[str, torch.Tensor], pad_random: bool) -> None:
-        """Copy stored factors into the LoRA parameters, padding rank ``k < r`` back to ``r``."""
+        """Copy stored factors into the LoRA parameters, padding rank ``k < r`` back to ``r``
+        (``A``'s padding rows drawn fresh with ``pad_random``, else zero; ``B``'s columns zero).
+        Every write is in place and touches each element once: a load is a switch's main cost."""
         with torch.no_grad():
             for i, (a, b, scaling) in enumerate(self._lora):
                 bk, ak = payload[f"layer{i}.B"], payload[f"layer{i}.A"]
@@ -347,16 +356,20 @@ class TorchLearner(Learner):
                 if bk.ndim != 2 or ak.ndim != 2 or bk.shape[1] != k:
                     raise ValueError(f"bank entry layer {i} has B {tuple(bk.shape)} and A "
                                      f"{tuple(ak.shape)}: their ranks must agree")
-                b.zero_()
+                if pad_random:  # the whole A is drawn (the generator advances as before)
+                    self._new_A(a)
+                if k < self._rank:
+                    b[:, k:].zero_()
+                    if not pad_random:
+                        a[k:].zero_()
+                b_k = b if k == self._rank else b[:, :k]
                 # Any stored dtype (float16 payloads) is cast up before it is unscaled.
-                b[:, :k] = bk.to(device=self.device, dtype=b.dtype) / scaling
-                if pad_random:
-                    a.copy_(self._new_A(a.shape))
-                else:
-                    a.zero_()
-                a[:k] = ak.to(self.device)
-            self.head.weight.copy_(payload["head.weight"].to(self.device))
-            self.head.bias.copy_(payload["head.bias"].to(self.device))
+                b_k.copy_(bk)
+                if scaling != 1.0:  # dividing by 1.0 is exact: skipped
+                    b_k.div_(scaling)
+                (a if k == self._rank else a[:k]).copy_(ak)
+            self.head.weight.copy_(payload["head.weight"])
+            self.head.bias.copy_(payload["head.bias"])
 
     def load(self, payload: dict[str, torch.Tensor]) -> None:
         self._write_factors(payload, pad_random=True)
