@@ -48,6 +48,7 @@ from __future__ import annotations
 import copy
 import os
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from importlib import resources
@@ -420,6 +421,16 @@ def train(
         return _train(cfg, command, extra_callbacks)
 
 
+def _learn(model: Any, cfg: TrainConfig, callbacks: list) -> None:
+    """``model.learn`` for ``cfg.total_timesteps``; with ``"subproc"`` envs without the warning
+    SB3's eval callback gives for its in-process eval env (the env a worker steps)."""
+    with warnings.catch_warnings():
+        if cfg.vec_env == "subproc":
+            warnings.filterwarnings("ignore", "Training and eval env are not of the same type")
+        model.learn(total_timesteps=cfg.total_timesteps, callback=callbacks,
+                    progress_bar=cfg.progress_bar)
+
+
 def _train(cfg: TrainConfig, command: str | None, extra_callbacks: list | None) -> TrainResult:
     from stable_baselines3 import PPO
     from stable_baselines3.common.callbacks import EvalCallback
@@ -455,7 +466,8 @@ def _train(cfg: TrainConfig, command: str | None, extra_callbacks: list | None) 
     (out / "monitor").mkdir(exist_ok=True)
     env = make_vec_env(cfg, cfg.n_envs, monitor_dir=out / "monitor")
     env.seed(cfg.seed)
-    # The eval env is one env of the training env's kind (EvalCallback warns otherwise).
+    # The eval env is one env of the training env's kind (EvalCallback warns otherwise), except
+    # for "subproc": one env in this process, the env a worker steps (see _learn).
     if cfg.vec_env == "batched":
         eval_env = make_vec_env(cfg, 1)
         layout = obs_layout(eval_env.unwrapped.single_observation_space)
@@ -501,9 +513,7 @@ def _train(cfg: TrainConfig, command: str | None, extra_callbacks: list | None) 
     # ---- learn ---------------------------------------------------------------------------
     t_learn = time.perf_counter()
     callbacks = [c for c in (eval_callback, *(extra_callbacks or [])) if c is not None]
-    model.learn(
-        total_timesteps=cfg.total_timesteps, callback=callbacks, progress_bar=cfg.progress_bar
-    )
+    _learn(model, cfg, callbacks)
     learn_s = time.perf_counter() - t_learn
     env.close()
     eval_env.close()
