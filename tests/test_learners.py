@@ -164,3 +164,35 @@ def test_config_fields_have_one_home():
                                                       dataclasses.fields(TorchLearnerConfig)}
     assert shared <= set(validation.LEARNER_RULES["torch"])
     assert set(validation.LEARNER_RULES["analytic"]) == set(AnalyticConfig.__dataclass_fields__)
+
+
+def test_batch_draws_serve_randints_stream():
+    """Read-ahead batch indices equal one ``randint`` per update, whatever happens between them:
+    a new range, another use of the generator (after ``settle``), a reseed (``discard``)."""
+    from nsr_gym.learners.draws import BatchDraws
+
+    # the premise: one long draw is the short draws concatenated, and leaves the same state
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    long = torch.randint(252, (5 * 32,), generator=g1)
+    short = torch.cat([torch.randint(252, (32,), generator=g2) for _ in range(5)])
+    assert torch.equal(long, short) and torch.equal(g1.get_state(), g2.get_state())
+
+    gen, ref = torch.Generator().manual_seed(0), torch.Generator().manual_seed(0)
+    draws = BatchDraws(gen, 8, most_ahead=4)
+    rng = np.random.default_rng(0)
+    high, furthest = 252, 0
+    for step in range(300):
+        if rng.random() < 0.05:  # another task
+            high = 262 - high
+        furthest = max(furthest, draws.ahead)
+        assert torch.equal(draws.next(high), torch.randint(high, (8,), generator=ref)), step
+        if rng.random() < 0.1:  # a probe between updates
+            draws.settle()
+            assert torch.equal(torch.randperm(50, generator=gen), torch.randperm(50, generator=ref))
+        if rng.random() < 0.02:  # a reseed
+            gen.manual_seed(step)
+            ref.manual_seed(step)
+            draws.discard()
+    draws.settle()
+    assert torch.equal(gen.get_state(), ref.get_state())
+    assert furthest == 4  # it did read ahead, as far as allowed

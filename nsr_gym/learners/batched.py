@@ -163,9 +163,8 @@ class BatchedTorchLearner:
         """Each member's own draw of a batch, as its fast path draws it: ``(x, z, y)``, inputs
         ``(R, batch, in)``, their lowest frozen layer ``(R, batch, out)`` and labels
         ``(R, batch)``."""
-        shape, sizes = (self.batch_size,), self._sizes
-        draws = [torch.randint(sizes[tasks[i]], shape, generator=self.members[i]._gen)
-                 for i in rows]
+        sizes = self._sizes
+        draws = [self.members[i]._draws.next(sizes[tasks[i]]) for i in rows]
         # into the concatenated caches: each draw shifted by its task's offset, in one add
         offsets = torch.from_numpy(self._offset[[tasks[i] for i in rows]])
         idx = torch.stack(draws).add_(offsets.unsqueeze(1)).view(-1).to(self.flat.device)

@@ -76,6 +76,7 @@ from nsr_gym.learners.config import (
     is_int,
     setting,
 )
+from nsr_gym.learners.draws import BatchDraws
 from nsr_gym.learners.fast import FastForward, FlatAdam
 from nsr_gym.threads import single_threaded
 
@@ -296,6 +297,7 @@ class TorchLearner(Learner):
         # group of protected tasks with the same number of classes.
         self._teacher: list[tuple[tuple[torch.Tensor, ...], int, torch.Tensor]] = []
         self._gen = torch.Generator()  # data order: batches and probe batches
+        self._draws = BatchDraws(self._gen, self.config.batch_size)  # batches, read ahead
         self._init_gen = torch.Generator()  # fresh adapters and heads
         self._rank = self.config.lora_rank
         self.last_snapshot: SnapshotInfo | None = None  # set by every snapshot()
@@ -304,6 +306,7 @@ class TorchLearner(Learner):
     def reset(self, rng: np.random.Generator) -> None:
         seeds = rng.integers(0, 2**63 - 1, size=2)
         self._gen.manual_seed(int(seeds[0]))
+        self._draws.discard()
         self._init_gen.manual_seed(int(seeds[1]))
         self._teacher = []
         self.fresh()
@@ -494,8 +497,7 @@ class TorchLearner(Learner):
         losses: list[float] = []
         skipped = 0
         for _ in range(n_updates):
-            idx = torch.randint(len(x), (self.config.batch_size,), generator=self._gen)
-            idx = idx.to(self.device)
+            idx = self._draws.next(len(x)).to(self.device)
             logits = self._logits(x[idx])[:, :n_classes]
             loss = nn.functional.cross_entropy(logits, y[idx])
             if self._teacher:
@@ -521,13 +523,13 @@ class TorchLearner(Learner):
         y = self._data[task_id][1]
         n_classes = self.tasks[task_id].n_classes
         opt, params, fast = self.optimizer, self.optimizer.params, self._fast
-        n, shape, gen, device = len(y), (self.config.batch_size,), self._gen, self.device
+        n, draws, device = len(y), self._draws, self.device
         by_hand, grads, adapters = not fast.is_vit, opt.grad_views, self.config.train_adapters
         distill, weight = bool(self._teacher), self.config.distill_weight
         losses: list[float] = []
         skipped = 0
         for _ in range(n_updates):
-            idx = torch.randint(n, shape, generator=gen).to(device)
+            idx = draws.next(n).to(device)
             yb = y.index_select(0, idx)
             if by_hand:  # the MLP: gradients by hand, equal to autograd's (see FastForward)
                 xb = cached[0].index_select(0, idx)
@@ -568,6 +570,7 @@ class TorchLearner(Learner):
 
     def embed(self, task_id: int) -> np.ndarray:
         feats = self._features[task_id]
+        self._draws.settle()  # the probe draws from the stream the batches left
         idx = torch.randperm(len(feats), generator=self._gen)[: self.config.probe_size]
         idx = idx.to(self.device)
         return feats[idx].mean(0).cpu().numpy().astype(np.float32)
