@@ -136,6 +136,9 @@ def test_perf_quick_writes_results(tmp_path):
     assert "## Targets" in md and "torch" in md and "Load average" in md
     meta = json.loads((out / "manifest.json").read_text())
     assert meta["command"].startswith("nsr-gym perf") and meta["versions"]["torch"]
+    # the machine's speed, by a workload that never changes, before and after
+    assert 0 < meta["reference_us_before"] < 1e6 and 0 < meta["reference_us_after"] < 1e6
+    assert "reference workload" in md
     throughput = pd.read_csv(out / "throughput.csv")
     assert set(throughput.path) == {"torch fast", "torch peft (reference)", "analytic",
                                     "torch fast + distillation"}

@@ -17,6 +17,7 @@ runs them at the command's sizes and writes the report. Sections:
 * :func:`vector_env_throughput`: the batched vector env against ``N`` single envs in a loop;
   :func:`vector_env_step_kinds`: where its time goes (phase starts, inside, phase ends);
   :func:`batched_learner_cost`: one batched update and evaluation alone, against ``N``;
+* :func:`reference_speed`: a fixed workload timed before and after, the machine's own speed;
 * :func:`bytes_per_task` and :func:`rank_scaling`: what a bank entry weighs and how step cost
   and entry size grow with the LoRA rank; :func:`task_scaling`: how step cost grows with the
   number of tasks the bank holds.
@@ -73,6 +74,23 @@ def measure_pair(first: Callable[[], object], second: Callable[[], object], repe
             out.append((time.perf_counter() - w0, time.process_time() - c0))
     return tuple(Timing(float(np.median([w for w, _ in t])), float(np.median([c for _, c in t])),
                         repeats) for t in times)  # type: ignore[return-value]
+
+
+def reference_speed(repeats: int = 5) -> float:
+    """The machine's speed, as one fixed workload measures it: CPU microseconds for 50 small
+    matrix products and 50 elementwise operations issued from Python (the shape of the env's own
+    work), median over repeats. The workload never changes, so where it takes longer in one run
+    than in another, the machine was slower, not nsr-gym."""
+    gen = torch.Generator().manual_seed(0)
+    x, w = torch.randn(32, 64, generator=gen), torch.randn(64, 64, generator=gen) / 8
+
+    def work() -> torch.Tensor:
+        h = x
+        for _ in range(50):
+            h = torch.tanh(h @ w)  # bounded: the same values, and the same cost, every call
+        return h
+
+    return 1e6 * measure(work, repeats=repeats, number=20).cpu_s
 
 
 def machine_load() -> float:

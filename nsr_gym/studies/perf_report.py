@@ -156,7 +156,7 @@ def run_perf(out: Path, *, quick: bool = False, device: str = "cpu", threads: in
 
 def _perf(out: Path, quick: bool, device: str, threads: int) -> str:
     s = _settings(quick)
-    load_before = perf.machine_load()
+    load_before, speed_before = perf.machine_load(), perf.reference_speed()
     t0 = time.perf_counter()
 
     def say(msg: str) -> None:
@@ -208,7 +208,8 @@ def _perf(out: Path, quick: bool, device: str, threads: int) -> str:
     wall = time.perf_counter() - t0
     meta = manifest(command_line(), [0], wall, quick=quick, torch_threads=threads,
                     device=device, cpu_model=_cpu_model(),
-                    load_avg_before=load_before, load_avg_after=perf.machine_load())
+                    load_avg_before=load_before, load_avg_after=perf.machine_load(),
+                    reference_us_before=speed_before, reference_us_after=perf.reference_speed())
     tables = {"throughput": throughput, "ratios": _ratios(throughput, batched),
               "batched": batched, "vector_env": vector, "vector_env_steps": kinds,
               "batched_learner": learner_cost,
@@ -241,7 +242,11 @@ def _summary(meta: dict, t: dict[str, pd.DataFrame]) -> str:
         f"torch {v['torch']} and numpy's BLAS on {meta['torch_threads']} thread(s), "
         f"peft {v['peft']}, "
         f"gymnasium {v['gymnasium']}, numpy {v['numpy']}, python {v['python']}. Load average "
-        f"{meta['load_avg_before']:.1f} before, {meta['load_avg_after']:.1f} after.",
+        f"{meta['load_avg_before']:.1f} before, {meta['load_avg_after']:.1f} after. A fixed "
+        f"reference workload (`nsr_gym.studies.perf.reference_speed`) took "
+        f"{meta['reference_us_before']:.0f} us of CPU before and "
+        f"{meta['reference_us_after']:.0f} us after: the same code in every run, so its "
+        "changes between runs are the machine's.",
         "Every figure is a median over repeats. `cpu` figures divide by this process's CPU time, "
         "`wall` ones by the wall clock; on a shared machine (load average above the CPU count) "
         "the wall clock also counts other jobs' turns, so the CPU figures are the ones to compare.",
