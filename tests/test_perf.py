@@ -139,6 +139,8 @@ def test_perf_quick_writes_results(tmp_path):
     # the machine's speed, by a workload that never changes, before and after
     assert 0 < meta["reference_us_before"] < 1e6 and 0 < meta["reference_us_after"] < 1e6
     assert "reference workload" in md
+    for name in ("vector_env", "batched_learner"):  # and beside every batched row
+        assert (pd.read_csv(out / f"{name}.csv").reference_us_cpu > 0).all(), name
     throughput = pd.read_csv(out / "throughput.csv")
     assert set(throughput.path) == {"torch fast", "torch peft (reference)", "analytic",
                                     "torch fast + distillation"}

@@ -348,8 +348,9 @@ def vector_env_throughput(benchmark: str = "CyclicSplitDigits",
     ``loop_max`` (the loop's cost is linear in ``N``).
 
     Returns:
-        One row per ``N``: ``steps_per_s_{cpu,wall}`` of the batch and of the loop, and their
-        ratio ``speedup_{cpu,wall}``.
+        One row per ``N``: ``steps_per_s_{cpu,wall}`` of the batch and of the loop, their ratio
+        ``speedup_{cpu,wall}``, and ``reference_us_cpu``, :func:`reference_speed` just before
+        the row (the machine's speed while it was measured).
     """
     import gymnasium as gym
 
@@ -359,6 +360,7 @@ def vector_env_throughput(benchmark: str = "CyclicSplitDigits",
     learner = {"device": device}
     rows, loop_rate = [], None
     for n in num_envs:
+        reference = reference_speed()
         vec = gym.make_vec(env_name, num_envs=n, vectorization_mode="vector_entry_point",
                            learner=learner)
         n_actions = int(vec.single_action_space.n)
@@ -393,6 +395,7 @@ def vector_env_throughput(benchmark: str = "CyclicSplitDigits",
                "loop_measured": measured}
         row["speedup_cpu"] = row["steps_per_s_cpu"] / row["loop_steps_per_s_cpu"]
         row["speedup_wall"] = row["steps_per_s_wall"] / row["loop_steps_per_s_wall"]
+        row["reference_us_cpu"] = reference
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -460,7 +463,8 @@ def batched_learner_cost(benchmark: str = "CyclicSplitDigits",
     is one of each; their growth with ``N`` separates the fixed per-call cost from each member's.
 
     Returns:
-        One row per ``N``: ``update_us_cpu``, ``evaluate_us_cpu`` and both per member.
+        One row per ``N``: ``update_us_cpu``, ``evaluate_us_cpu``, both per member, and
+        ``reference_us_cpu`` (:func:`reference_speed` just before the row).
     """
     import gymnasium as gym
 
@@ -475,6 +479,7 @@ def batched_learner_cost(benchmark: str = "CyclicSplitDigits",
             m.reset(np.random.default_rng(seed))
         batch = BatchedTorchLearner(members)
         tasks = [0] * n
+        reference = reference_speed()
         update = measure(lambda b=batch, t=tasks: b.train(t, 1), repeats=repeats, number=number)
         evaluate = measure(lambda b=batch, t=tasks: b.evaluate(t), repeats=repeats,
                            number=number)
@@ -482,6 +487,7 @@ def batched_learner_cost(benchmark: str = "CyclicSplitDigits",
                      "update_us_cpu": 1e6 * update.cpu_s,
                      "evaluate_us_cpu": 1e6 * evaluate.cpu_s,
                      "update_us_per_env": 1e6 * update.cpu_s / n,
-                     "evaluate_us_per_env": 1e6 * evaluate.cpu_s / n})
+                     "evaluate_us_per_env": 1e6 * evaluate.cpu_s / n,
+                     "reference_us_cpu": reference})
     env.close()
     return pd.DataFrame(rows)

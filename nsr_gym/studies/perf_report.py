@@ -269,7 +269,9 @@ def _summary(meta: dict, t: dict[str, pd.DataFrame]) -> str:
         "`gym.make` stepped one after another in a Python loop with the same action streams, "
         "measured in the same run, their repeats interleaved (`loop_measured = False`: above "
         "N = 64 the loop's rate at N = 64 is reused, a loop's throughput does not depend on "
-        "N); `speedup` is their ratio. Equal to the single env step for step: "
+        "N); `speedup` is their ratio; `reference_us_cpu` is the reference workload timed just "
+        "before the row (the machine's speed while it was measured). Equal to the single env "
+        "step for step: "
         "`tests/test_batched_env.py`."
         + ("" if meta["device"] == "cuda" else " No GPU rows: this run had no CUDA device."),
         "Where the batched env's time goes, by the kind of step (the same episodes at one N, "
@@ -278,7 +280,7 @@ def _summary(meta: dict, t: dict[str, pd.DataFrame]) -> str:
         markdown_table(t["vector_env_steps"], ".4g"),
         "The torch work of a quiet batched step alone: one update and one evaluation of N "
         "learners (`nsr_gym.learners.batched.BatchedTorchLearner`, every member on task 0; "
-        "CPU time per call):",
+        "CPU time per call; `reference_us_cpu` as above):",
         markdown_table(t["batched_learner"], ".4g"),
         "## Compression at d = 768 (truncating a rank-r LoRA to r/2), QR + r x r SVD vs dense SVD",
         markdown_table(comp, ".4g"),
