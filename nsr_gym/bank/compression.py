@@ -98,13 +98,12 @@ def truncate_lora(B: torch.Tensor, A: torch.Tensor, rank: int | None = None,
     s_np = s.cpu().numpy()
     if s_np[0] == 0.0:
         return zeros
-    k = _select_rank(s_np, eps * max(m, n, r), rank, energy)
+    k = int(_select_ranks(s_np[None], eps * max(m, n, r), rank, energy)[0])
     root = s[:k].sqrt()
     b_k = (q_b @ u[:, :k]) * root
     a_k = root[:, None] * (vh[:k] @ q_a.T)
-    s2 = s_np.astype(np.float64) ** 2
     return LoraTruncation(b_k.to(torch.float32).contiguous(), a_k.to(torch.float32).contiguous(),
-                          int(k), float(s2[:k].sum() / s2.sum()))
+                          k, _kept_energy(s_np, k))
 
 
 def truncate_lora_batch(B: torch.Tensor, A: torch.Tensor, rank: int | None = None,
@@ -136,14 +135,11 @@ def truncate_lora_batch(B: torch.Tensor, A: torch.Tensor, rank: int | None = Non
     # Kept rank per adapter (0: a zero dW, whose zeros truncate_lora makes); then the factors of
     # all adapters that keep the same rank in one product each (per matrix the same routine).
     live = s_all[:, 0] != 0.0
-    ks = [0] * n_batch
-    if live.any():
-        for i, k in zip(np.flatnonzero(live), _select_ranks(s_all[live], tol, rank, energy),
-                        strict=True):
-            ks[int(i)] = int(k)
+    ks = np.zeros(n_batch, dtype=np.int64)
+    ks[live] = _select_ranks(s_all[live], tol, rank, energy)
     out: list[LoraTruncation | None] = [None] * n_batch
-    for k in sorted(set(ks)):
-        sel = [i for i, ki in enumerate(ks) if ki == k]
+    for k in np.unique(ks).tolist():
+        sel = np.flatnonzero(ks == k).tolist()
         if k == 0:
             for i in sel:
                 out[i] = truncate_lora(B[i], A[i], rank, energy)  # the zeros, as alone
@@ -154,10 +150,8 @@ def truncate_lora_batch(B: torch.Tensor, A: torch.Tensor, rank: int | None = Non
         a_k = (root[:, :, None] * torch.bmm(vh[idx, :k], q_a[idx].transpose(1, 2))
                ).to(torch.float32)
         for j, i in enumerate(sel):
-            s2 = s_all[i].astype(np.float64) ** 2
             # own copies: a stored payload must not keep the whole group's storage alive
-            out[i] = LoraTruncation(b_k[j].clone(), a_k[j].clone(), int(k),
-                                    float(s2[:k].sum() / s2.sum()))
+            out[i] = LoraTruncation(b_k[j].clone(), a_k[j].clone(), k, _kept_energy(s_all[i], k))
     return out  # type: ignore[return-value]
 
 
@@ -168,15 +162,10 @@ def payload_ranks(payload: Mapping[str, torch.Tensor]) -> dict[str, int]:
             if name.endswith(".A") and t.ndim == 2}
 
 
-def _select_rank(s: np.ndarray, rel_tol: float, rank: int | None, energy: float | None) -> int:
-    """Number of singular values to keep; ``s`` is sorted descending with ``s[0] > 0``."""
-    return int(_select_ranks(s[None], rel_tol, rank, energy)[0])
-
-
 def _select_ranks(s: np.ndarray, rel_tol: float, rank: int | None, energy: float | None
                   ) -> np.ndarray:
-    """:func:`_select_rank` of each row of ``s`` ``(N, r)`` (rows sorted descending, each with
-    ``s[i, 0] > 0``), by row-wise array operations: ``(N,)`` int64."""
+    """Number of singular values to keep of each row of ``s`` ``(N, r)`` (rows sorted
+    descending, each with ``s[i, 0] > 0``), by row-wise array operations: ``(N,)`` int64."""
     s2 = np.where(s > s[:, :1] * rel_tol, s.astype(np.float64) ** 2, 0.0)
     nonzero = np.maximum(1, np.count_nonzero(s2, axis=1))
     k = nonzero if rank is None and energy is None else np.full(len(s), s.shape[1])
@@ -190,6 +179,12 @@ def _select_ranks(s: np.ndarray, rel_tol: float, rank: int | None, energy: float
         k = np.minimum(np.minimum(k, np.count_nonzero(ratio < float(energy), axis=1) + 1),
                        nonzero)
     return np.maximum(1, k)
+
+
+def _kept_energy(s: np.ndarray, k: int) -> float:
+    """Fraction of ``sum(s^2)`` the first ``k`` singular values carry."""
+    s2 = s.astype(np.float64) ** 2
+    return float(s2[:k].sum() / s2.sum())
 
 
 def dense_truncated_svd(W: torch.Tensor, k: int) -> torch.Tensor:

@@ -639,7 +639,7 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
         # 2. the reward of what training reached
         a, task, phase, step_in_phase, switched, invalid_load, zero_shot, retained, \
             written_over, reserved = plan
-        reward = self.acc_weight * acc - self.lambda_switch * float(switched)
+        reward = self._reward(acc, switched)
         self._last_acc = acc
         self._t += 1
 
@@ -663,6 +663,10 @@ class AllocationEnv(gym.Env[dict[str, np.ndarray], Any]):
         if self.render_mode == "ansi":
             self._last_render = self._render_line(a, task, acc, reward, retained)
         return float(reward), bool(terminated), done, retained
+
+    def _reward(self, acc: float, switched: bool) -> float:
+        """``acc_weight * accuracy - lambda_switch * switched`` (the class docstring)."""
+        return self.acc_weight * acc - self.lambda_switch * float(switched)
 
     def _phase_ends_at(self, t: int) -> bool:
         """Whether a phase ends just before global step ``t`` (a new one starts, or the stream

@@ -214,7 +214,7 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
         for j, (i, acc) in enumerate(zip(rows, accs, strict=True)):
             env = self.envs[i]
             zero_shot[j] = env._last_acc
-            rewards[i] = env.acc_weight * acc - env.lambda_switch * 0.0  # switched: 0
+            rewards[i] = env._reward(acc, False)  # a keep
             env._last_acc = acc
             env._t += 1
         t = np.fromiter((self.envs[i]._t for i in rows), np.int64, len(rows))

@@ -44,18 +44,25 @@ class Timing:
     repeats: int
 
 
+def _timed(fn: Callable[[], object], number: int = 1) -> tuple[float, float]:
+    """``(wall, cpu)`` seconds per call of ``fn`` over ``number`` calls."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    for _ in range(number):
+        fn()
+    return (time.perf_counter() - w0) / number, (time.process_time() - c0) / number
+
+
+def _medians(samples: list[tuple[float, float]]) -> Timing:
+    """The :class:`Timing` of ``(wall, cpu)`` samples."""
+    return Timing(float(np.median([w for w, _ in samples])),
+                  float(np.median([c for _, c in samples])), len(samples))
+
+
 def measure(fn: Callable[[], object], repeats: int = 5, number: int = 1, warmup: int = 1) -> Timing:
     """Median seconds per call of ``fn`` over ``repeats`` runs of ``number`` calls each."""
     for _ in range(warmup):
         fn()
-    walls, cpus = [], []
-    for _ in range(repeats):
-        w0, c0 = time.perf_counter(), time.process_time()
-        for _ in range(number):
-            fn()
-        walls.append((time.perf_counter() - w0) / number)
-        cpus.append((time.process_time() - c0) / number)
-    return Timing(float(np.median(walls)), float(np.median(cpus)), repeats)
+    return _medians([_timed(fn, number) for _ in range(repeats)])
 
 
 def measure_pair(first: Callable[[], object], second: Callable[[], object], repeats: int = 5,
@@ -66,14 +73,11 @@ def measure_pair(first: Callable[[], object], second: Callable[[], object], repe
     for _ in range(warmup):
         first()
         second()
-    times: list[list[tuple[float, float]]] = [[], []]
+    samples: tuple[list, list] = ([], [])
     for _ in range(repeats):
-        for fn, out in zip((first, second), times, strict=True):
-            w0, c0 = time.perf_counter(), time.process_time()
-            fn()
-            out.append((time.perf_counter() - w0, time.process_time() - c0))
-    return tuple(Timing(float(np.median([w for w, _ in t])), float(np.median([c for _, c in t])),
-                        repeats) for t in times)  # type: ignore[return-value]
+        for fn, out in zip((first, second), samples, strict=True):
+            out.append(_timed(fn))
+    return _medians(samples[0]), _medians(samples[1])
 
 
 def reference_speed(repeats: int = 5) -> float:
@@ -134,9 +138,7 @@ def env_steps_per_second(benchmark: str, backend: str, learner: dict | None = No
     if learner is not None:
         kwargs["learner"] = learner
     env = gym.make(nsr_gym.env_id(benchmark), **kwargs)
-    n_actions = int(env.action_space.n)
-    rng = np.random.default_rng(seed)
-    actions = np.where(rng.random(4096) < switch_p, rng.integers(1, n_actions, 4096), 0).tolist()
+    actions = _action_stream(int(env.action_space.n), switch_p, seed).tolist()
     timing = measure(lambda: _rollout(env, n_steps, actions, seed), repeats=repeats, warmup=1)
     env.close()
     return Timing(timing.wall_s / n_steps, timing.cpu_s / n_steps, repeats)
@@ -328,10 +330,24 @@ def batched_throughput(batch_sizes: Sequence[int] = (1, 100, 1000, 10000),
 
 
 def _action_stream(n_actions: int, switch_p: float, seed: int, size: int = 4096) -> np.ndarray:
-    """Keep with probability ``1 - switch_p``, else fresh or a load uniformly (as
-    :func:`env_steps_per_second`'s stream)."""
+    """Keep with probability ``1 - switch_p``, else fresh or a load uniformly (the stream of
+    :func:`env_steps_per_second` and of every batched env)."""
     rng = np.random.default_rng(seed)
     return np.where(rng.random(size) < switch_p, rng.integers(1, n_actions, size), 0)
+
+
+def _vector_streams(vec, switch_p: float, seed: int) -> np.ndarray:
+    """``(4096, N)``: env ``i``'s :func:`_action_stream` (seed ``seed + i``) in column ``i``."""
+    n_actions = int(vec.single_action_space.n)
+    return np.stack([_action_stream(n_actions, switch_p, seed + i)
+                     for i in range(vec.num_envs)], 1)
+
+
+def _vector_actions(streams: np.ndarray, t: int, mask: np.ndarray) -> np.ndarray:
+    """Step ``t``'s actions of ``streams``, an invalid load (``mask``: the info's
+    ``action_mask``) replaced by keep."""
+    a = streams[t % len(streams)]
+    return np.where(mask[np.arange(len(a)), a], a, 0)
 
 
 def vector_env_throughput(benchmark: str = "CyclicSplitDigits",
@@ -363,15 +379,12 @@ def vector_env_throughput(benchmark: str = "CyclicSplitDigits",
         reference = reference_speed()
         vec = gym.make_vec(env_name, num_envs=n, vectorization_mode="vector_entry_point",
                            learner=learner)
-        n_actions = int(vec.single_action_space.n)
-        streams = np.stack([_action_stream(n_actions, switch_p, seed + i) for i in range(n)], 1)
+        streams = _vector_streams(vec, switch_p, seed)
 
         def run_batch(vec=vec, streams=streams) -> None:
             _, info = vec.reset(seed=seed)
             for t in range(n_steps):
-                a = streams[t % len(streams)]
-                a = np.where(info["action_mask"][np.arange(len(a)), a], a, 0)
-                _, _, terminated, _, info = vec.step(a)
+                info = vec.step(_vector_actions(streams, t, info["action_mask"]))[4]
 
         measured = n <= loop_max or loop_rate is None
         if measured:  # a loop of single envs has one env's throughput, whatever N
@@ -422,9 +435,7 @@ def vector_env_step_kinds(benchmark: str = "CyclicSplitDigits", num_envs: int = 
     vec = gym.make_vec(nsr_gym.env_id(benchmark), num_envs=num_envs,
                        vectorization_mode="vector_entry_point", learner={"device": device})
     length = vec.envs[0].phase_length
-    n_actions = int(vec.single_action_space.n)
-    streams = np.stack([_action_stream(n_actions, switch_p, seed + i)
-                        for i in range(num_envs)], 1)
+    streams = _vector_streams(vec, switch_p, seed)
     kinds = ["phase start", "inside", "phase end"]
     of_step = [kinds[0] if t % length == 0 else kinds[2] if t % length == length - 1
                else kinds[1] for t in range(n_steps)]
@@ -433,10 +444,9 @@ def vector_env_step_kinds(benchmark: str = "CyclicSplitDigits", num_envs: int = 
         times = np.zeros(n_steps)
         _, info = vec.reset(seed=seed)
         for t in range(n_steps):
-            a = streams[t % len(streams)]
-            a = np.where(info["action_mask"][np.arange(len(a)), a], a, 0)
+            a = _vector_actions(streams, t, info["action_mask"])
             start = time.process_time()
-            _, _, _, _, info = vec.step(a)
+            info = vec.step(a)[4]
             times[t] = time.process_time() - start
         if repeat:
             per_repeat.append(times)
