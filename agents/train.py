@@ -93,8 +93,12 @@ class TrainConfig:
     vec_env: str = "batched"
     """``batched`` (the registered batched env, all learners in one pass), ``dummy`` (single envs
     in one process) or ``subproc`` (one process per env)."""
+    shards: int = 1
+    """``batched``: processes the training envs are divided over (``gym.make_vec(..., shards=k)``,
+    one batched env each, :class:`~nsr_gym.envs.sharded.ShardedBatchedEnv`); 1: this one."""
     start_method: str | None = None
-    """Start method of ``subproc`` workers (``spawn``, ``forkserver``, ``fork``); None: SB3's."""
+    """Start method of ``subproc`` (and ``shards``) workers (``spawn``, ``forkserver``,
+    ``fork``); None: the default."""
     out: str = "results/train/run"
     """Output directory for the model, its config and the logs."""
     env_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -313,11 +317,13 @@ def make_env(
 
 
 def make_batched_env(
-    env_id: str, n_envs: int, backend: str = "analytic", env_kwargs: dict[str, Any] | None = None
+    env_id: str, n_envs: int, backend: str = "analytic", env_kwargs: dict[str, Any] | None = None,
+    shards: int = 1, start_method: str | None = None,
 ) -> gym.vector.VectorEnv:
     """``gym.make_vec(env_id, n_envs)`` with ``SAME_STEP`` autoreset, as :class:`SB3VecEnv`
-    wants: the id's registered vector entry point (the batched env), or, for an id without one
-    (or while its module is not installed), a ``SyncVectorEnv`` of ``n_envs`` single envs."""
+    wants: the id's registered vector entry point (the batched env, over ``shards`` processes
+    started by ``start_method``), or, for an id without one (or while its module is not
+    installed), a ``SyncVectorEnv`` of ``n_envs`` single envs."""
     import importlib
 
     from gymnasium.vector import AutoresetMode
@@ -335,6 +341,8 @@ def make_batched_env(
                 raise
             entry = None
     if entry is not None:
+        if shards > 1:
+            kwargs.update(shards=shards, context=start_method)
         return gym.make_vec(full_env_id(env_id), num_envs=n_envs,
                             vectorization_mode="vector_entry_point",
                             autoreset_mode=AutoresetMode.SAME_STEP, **kwargs)
@@ -352,7 +360,8 @@ def make_vec_env(cfg: TrainConfig, n_envs: int, monitor_dir: str | os.PathLike |
     from nsr_gym.agents.sb3_vec import RankMonitor, SB3VecEnv
 
     if cfg.vec_env == "batched":
-        venv = make_batched_env(cfg.env_id, n_envs, cfg.backend, cfg.env_kwargs)
+        venv = make_batched_env(cfg.env_id, n_envs, cfg.backend, cfg.env_kwargs,
+                                shards=min(cfg.shards, n_envs), start_method=cfg.start_method)
         return RankMonitor(SB3VecEnv(venv), None if monitor_dir is None else str(monitor_dir))
     thunks = [
         make_env(cfg.env_id, rank, cfg.backend, cfg.env_kwargs, monitor_dir)
@@ -402,6 +411,24 @@ def _best_weights_keeper() -> Any:
 
 
 # ---------------------------------------------------------------------------- training
+def check_settings(cfg: TrainConfig) -> None:
+    """Refuse settings :func:`train` cannot run, before anything is built.
+
+    Raises:
+        ValueError: naming the setting and what it may be.
+    """
+    if cfg.algo not in ALGOS:
+        raise ValueError(f"unknown algo {cfg.algo!r}; choose from {ALGOS}")
+    if cfg.vec_env not in VEC_ENVS:
+        raise ValueError(f"unknown vec_env {cfg.vec_env!r}; choose from {VEC_ENVS}")
+    if cfg.total_timesteps < 1 or cfg.n_envs < 1:
+        raise ValueError("total_timesteps and n_envs must be >= 1")
+    if not 1 <= cfg.shards <= cfg.n_envs or (cfg.shards > 1 and cfg.vec_env != "batched"):
+        raise ValueError(f"shards must be in [1, n_envs={cfg.n_envs}] and only divides the "
+                         f"batched env (vec_env='batched'), got shards={cfg.shards} with "
+                         f"vec_env={cfg.vec_env!r}")
+
+
 def train(
     cfg: TrainConfig, command: str | None = None, extra_callbacks: list | None = None
 ) -> TrainResult:
@@ -438,12 +465,7 @@ def _train(cfg: TrainConfig, command: str | None, extra_callbacks: list | None) 
 
     from nsr_gym.results import manifest, write_json
 
-    if cfg.algo not in ALGOS:
-        raise ValueError(f"unknown algo {cfg.algo!r}; choose from {ALGOS}")
-    if cfg.vec_env not in VEC_ENVS:
-        raise ValueError(f"unknown vec_env {cfg.vec_env!r}; choose from {VEC_ENVS}")
-    if cfg.total_timesteps < 1 or cfg.n_envs < 1:
-        raise ValueError("total_timesteps and n_envs must be >= 1")
+    check_settings(cfg)
     t0 = time.perf_counter()
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)

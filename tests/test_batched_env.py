@@ -230,9 +230,14 @@ def test_bad_input_gets_clear_errors() -> None:
     env.reset(seed=0)
     with pytest.raises(ValueError, match=r"shape \(2,\)"):
         env.step(np.zeros(3, dtype=np.int64))
-    with pytest.raises(ValueError):
-        env.step(np.array([0, 99]))  # each env checks its own action, as a single env does
-    assert env._stale  # a step that raised: the rows are rebuilt from the envs next time
+    clock = env.get_attr("_t")
+    with pytest.raises(ValueError, match="env 1: action 99 is out of range"):
+        env.step(np.array([1, 99]))  # every action checked before any env moves
+    with pytest.raises(ValueError, match=r"env 0: action must be an integer in \[0, 7\)"):
+        env.step(np.array([0.5, 0.0]))
+    assert env.get_attr("_t") == clock
+    env.step(np.array([1.0, 0.0]))  # floats with integer values count, as for a single env
+    assert env.get_attr("_t") == tuple(t + 1 for t in clock)
     with pytest.raises(ValueError, match="seeds"):
         env.reset(seed=[1, 2, 3])
 

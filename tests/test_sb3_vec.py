@@ -140,3 +140,23 @@ def test_the_batched_vector_entry_point_trains_with_maskable_ppo():
     model.learn(80)
     assert model.num_timesteps >= 80 and len(model.ep_info_buffer) >= 2
     sb3.close()
+
+
+def test_the_sharded_batched_env_trains_with_maskable_ppo_through_train():
+    """``nsr-gym train``'s path with ``shards=2``: the batched env over two processes, masks
+    through ``env_method("action_masks")``, SB3's MaskablePPO on top."""
+    from nsr_gym.agents.train import TrainConfig, make_vec_env
+
+    cfg = TrainConfig(env_id=ENV_ID, backend="torch", n_envs=2, shards=2, env_kwargs=SHORT)
+    sb3 = make_vec_env(cfg, cfg.n_envs)
+    try:
+        from sb3_contrib import MaskablePPO
+
+        masks = sb3.env_method("action_masks")
+        assert len(masks) == 2 and all(m[0] and m[1] for m in masks)  # keep, fresh always valid
+        model = MaskablePPO("MlpPolicy", sb3, n_steps=40, batch_size=40, n_epochs=1, seed=0,
+                            device="cpu")
+        model.learn(80)
+        assert model.num_timesteps >= 80 and len(model.ep_info_buffer) >= 2
+    finally:
+        sb3.close()

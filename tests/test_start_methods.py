@@ -1,5 +1,6 @@
-"""``gym.make_vec(id, 2, vectorization_mode="async")`` on the torch backend under the ``fork``,
-``spawn`` and ``forkserver`` start methods, with torch's default threads (no
+"""``gym.make_vec(id, 2, vectorization_mode="async")`` and the sharded batched env
+(``gym.make_vec(id, 2, shards=2)``) on the torch backend under the ``fork``, ``spawn`` and
+``forkserver`` start methods, with torch's default threads (no
 ``OMP_NUM_THREADS=1``): each run in a fresh interpreter with a timeout, so that a hang fails the
 test instead of blocking the suite.
 
@@ -40,8 +41,15 @@ def main(context):
         obs, rewards, terminated, truncated, info = env.step(np.array([1, 0]))
     masks = env.call("action_masks")
     env.close()
+    # the batched env over two processes: its worker builds a batched learner after the fork
+    sharded = gym.make_vec("nsr_gym/CyclicSplitDigits-v0", 2, shards=2, context=context,
+                           phase_length=2, n_cycles=1)
+    sharded.reset(seed=0)
+    sharded_rewards = sharded.step(np.array([1, 0]))[1]
+    sharded.close()
     assert torch.get_num_threads() == threads, "the parent's thread count changed"
     assert rewards.shape == (2,) and len(masks) == 2 and masks[0].shape == (7,)
+    assert sharded_rewards.shape == (2,)
     print("ok", context, threads)
 
 if __name__ == "__main__":
@@ -59,7 +67,8 @@ def _run(context: str, timeout: float) -> subprocess.CompletedProcess:
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
-        pytest.fail(f"gym.make_vec(..., 'async') with context={context!r} hung for {timeout} s")
+        pytest.fail(f"gym.make_vec(..., 'async' or shards=2) with context={context!r} hung for "
+                    f"{timeout} s")
     return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 

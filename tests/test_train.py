@@ -206,3 +206,16 @@ def test_make_agent_passes_settings_to_rule_agents(tmp_path):
     assert make_agent("fixed-slot", slot=2).name == "fixed-slot-2"
     with pytest.raises(ValueError, match="takes no settings"):
         make_agent(f"ppo:{tmp_path / 'missing'}", threshold=0.7)
+
+
+def test_settings_train_cannot_run_are_refused_before_anything_is_built():
+    from nsr_gym.agents.train import check_settings
+    from nsr_gym.studies.train import check_train_config
+
+    check_settings(TrainConfig(n_envs=4, shards=2))
+    for bad in (TrainConfig(n_envs=2, shards=3), TrainConfig(n_envs=2, shards=0),
+                TrainConfig(n_envs=2, shards=2, vec_env="dummy")):
+        with pytest.raises(ValueError, match="shards must be in"):
+            check_train_config(bad)  # what the CLI calls before training
+    with pytest.raises(ValueError, match="unknown vec_env"):
+        check_settings(TrainConfig(vec_env="ray"))

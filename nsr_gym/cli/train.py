@@ -38,6 +38,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         seed=args.seed,
         n_envs=args.n_envs,
         vec_env=args.vec_env,
+        shards=args.shards,
         start_method=args.start_method,
         out=args.out or default_out(args.algo, env_id, args.backend, args.seed),
         env_kwargs=args.env_kwargs,
@@ -67,6 +68,7 @@ DEFAULTS = argparse.Namespace(
     seed=0,
     n_envs=4,
     vec_env="batched",
+    shards=1,
     n_evals=5,
 )
 
@@ -89,10 +91,16 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--n-envs", type=int, default=d.n_envs, help="parallel training envs")
     p.add_argument("--vec-env", default=d.vec_env, choices=VEC_ENVS)
     p.add_argument(
+        "--shards",
+        type=int,
+        default=d.shards,
+        help="batched: processes the training envs are divided over (one per core)",
+    )
+    p.add_argument(
         "--start-method",
         default=None,
         choices=["spawn", "forkserver", "fork"],
-        help="start method of subproc workers",
+        help="start method of subproc (and shard) workers",
     )
     p.add_argument(
         "--env-kwargs",

@@ -44,11 +44,13 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
+from nsr_gym import validation
 from nsr_gym.envs.allocation import DROP, KEEP, AllocationEnv, RetentionInfo, _StepPlan
 from nsr_gym.learners import TorchLearner
 from nsr_gym.learners.batched import BatchedTorchLearner, clone_learner
 
-__all__ = ["BatchedAllocationEnv", "make_batched_env", "resolve_env_kwargs"]
+__all__ = ["BatchedAllocationEnv", "check_actions", "make_batched_env", "reset_arguments",
+           "resolve_env_kwargs"]
 
 
 def resolve_env_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -67,17 +69,82 @@ def resolve_env_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
 
 
 def make_batched_env(num_envs: int = 1, max_episode_steps: int | None = None,
-                     **kwargs: Any) -> BatchedAllocationEnv:
+                     shards: int = 1, context: str | None = None,
+                     **kwargs: Any) -> gym.vector.VectorEnv:
     """The ``vector_entry_point`` of every offline id: ``gym.make_vec`` passes the registered
     kwargs merged with the user's. ``max_episode_steps`` (a registered ``TimeLimit``) must not
-    cut the episode: the env ends by itself at ``n_phases * phase_length`` steps."""
+    cut the episode: the env ends by itself at ``n_phases * phase_length`` steps.
+
+    ``shards > 1`` (``gym.make_vec(id, N, shards=k)``) divides the envs over ``k`` batched envs
+    in as many processes (:class:`~nsr_gym.envs.sharded.ShardedBatchedEnv`, workers started by
+    the ``multiprocessing`` method ``context``); ``1``: one :class:`BatchedAllocationEnv` here.
+    """
     autoreset_mode = kwargs.pop("autoreset_mode", AutoresetMode.NEXT_STEP)
-    env = BatchedAllocationEnv(num_envs, autoreset_mode=autoreset_mode,
-                               **resolve_env_kwargs(kwargs))
-    if max_episode_steps is not None and max_episode_steps < env.envs[0].n_steps:
+    kw = resolve_env_kwargs(kwargs)
+    if shards == 1:
+        env: gym.vector.VectorEnv = BatchedAllocationEnv(num_envs, autoreset_mode=autoreset_mode,
+                                                         **kw)
+        n_steps = env.envs[0].n_steps
+    else:
+        from nsr_gym.envs.sharded import ShardedBatchedEnv  # it builds on this module
+
+        env = ShardedBatchedEnv(num_envs, shards=shards, autoreset_mode=autoreset_mode,
+                                context=context, **kw)
+        n_steps = env.local.envs[0].n_steps
+    if max_episode_steps is not None and max_episode_steps < n_steps:
+        env.close()
         raise ValueError(f"max_episode_steps={max_episode_steps} would cut the batched env's "
-                         f"{env.envs[0].n_steps}-step episodes; leave it unset")
+                         f"{n_steps}-step episodes; leave it unset")
     return env
+
+
+def reset_arguments(seed: int | list[int | None] | None, options: dict[str, Any] | None,
+                    num_envs: int) -> tuple[list[int | None], np.ndarray, dict[str, Any]]:
+    """A vector reset's arguments per env: the seeds (``seed + i`` for an int, ``seed[i]`` for a
+    list, ``None`` for ``None``), ``options["reset_mask"]`` as an ``(N,)`` bool array (all true
+    when absent) and the other options.
+
+    Raises:
+        ValueError: for a seed list or a mask of the wrong length.
+    """
+    if seed is None or isinstance(seed, (int, np.integer)):
+        seeds = [None if seed is None else int(seed) + i for i in range(num_envs)]
+    else:
+        seeds = list(seed)
+        if len(seeds) != num_envs:
+            raise ValueError(f"reset got {len(seeds)} seeds for {num_envs} envs")
+    options = dict(options or {})
+    mask = options.pop("reset_mask", None)
+    mask = np.ones(num_envs, bool) if mask is None else np.asarray(mask, dtype=bool)
+    if mask.shape != (num_envs,):
+        raise ValueError(f"reset_mask must be a ({num_envs},) bool array")
+    return seeds, mask, options
+
+
+def check_actions(actions: Any, env: AllocationEnv, num_envs: int, resetting: np.ndarray
+                  ) -> np.ndarray:
+    """``actions`` as an ``(N,)`` (``(N, 2)`` with ``retention="agent"``) array of ``N`` envs
+    configured as ``env``, every action checked before any env steps, so that an invalid one
+    raises (naming its env) with no env moved; an env being reset (``resetting``, the
+    ``NEXT_STEP`` autoreset) ignores its action, unchecked."""
+    arr = np.asarray(actions)
+    multi = isinstance(env.action_space, gym.spaces.MultiDiscrete)
+    want = (num_envs, 2) if multi else (num_envs,)
+    if arr.shape != want:
+        raise ValueError(f"actions must have shape {want} (one action per env), got "
+                         f"{arr.shape}")
+    high = np.array([env.capacity + 2, env.capacity + 1]) if multi else env.action_space.n
+    if arr.dtype.kind in "iu" and ((arr >= 0) & (arr < high)).all():
+        return arr  # the common case, in two array operations
+    for i in np.flatnonzero(~np.asarray(resetting, dtype=bool)):  # the env's check says why
+        try:
+            if multi:
+                validation.parse_retention_action(arr[i], env.capacity)
+            else:
+                validation.parse_action(arr[i], int(high))
+        except ValueError as err:
+            raise ValueError(f"env {i}: {err}") from None
+    return arr
 
 
 #: Methods :meth:`BatchedAllocationEnv.call` may run without making the rows stale.
@@ -139,7 +206,6 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
         self.single_action_space = first.action_space
         self.observation_space = batch_space(self.single_observation_space, self.num_envs)
         self.action_space = batch_space(self.single_action_space, self.num_envs)
-        self._multi = isinstance(self.single_action_space, gym.spaces.MultiDiscrete)
         self._autoreset = np.zeros(self.num_envs, dtype=bool)
         self._rows: _Rows | None = None  # set by the first reset
         self._stale = False  # an env may have changed outside step/reset: rebuild its row
@@ -242,14 +308,9 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
             return self._rows.info["action_mask"].copy()
         return np.stack([e.action_masks() for e in self.envs])
 
-    def _actions(self, actions: Any) -> np.ndarray:
-        """One action per env, checked for the batch's shape (each env checks its own value)."""
-        arr = np.asarray(actions)
-        want = (self.num_envs, 2) if self._multi else (self.num_envs,)
-        if arr.shape != want:
-            raise ValueError(f"actions must have shape {want} (one action per env), got "
-                             f"{arr.shape}")
-        return arr
+    def _actions(self, actions: Any, resetting: np.ndarray) -> np.ndarray:
+        """One action per env, every one checked before any env steps (:func:`check_actions`)."""
+        return check_actions(actions, self.envs[0], self.num_envs, resetting)
 
     def _out(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Fresh copies of the rows (callers may keep or change them) and the info masks."""
@@ -266,17 +327,7 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
         """Reset every env (or those of ``options["reset_mask"]``): env ``i`` gets ``seed + i``
         for an int seed, ``seed[i]`` for a list, ``None`` (continue its own generator) for
         ``None``. Other ``options`` go to every env's reset."""
-        if seed is None or isinstance(seed, (int, np.integer)):
-            seeds = [None if seed is None else int(seed) + i for i in range(self.num_envs)]
-        else:
-            seeds = list(seed)
-            if len(seeds) != self.num_envs:
-                raise ValueError(f"reset got {len(seeds)} seeds for {self.num_envs} envs")
-        options = dict(options or {})
-        mask = options.pop("reset_mask", None)
-        mask = np.ones(self.num_envs, bool) if mask is None else np.asarray(mask, dtype=bool)
-        if mask.shape != (self.num_envs,):
-            raise ValueError(f"reset_mask must be a ({self.num_envs},) bool array")
+        seeds, mask, options = reset_arguments(seed, options, self.num_envs)
         obs, infos, partial = [], [], {}
         for i, env in enumerate(self.envs):
             if mask[i]:
@@ -302,10 +353,10 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
         an env whose episode ended does."""
         if self._rows is None:
             raise gym.error.ResetNeeded("call reset() before step()")
-        arr = self._actions(actions)
+        resetting = self._autoreset.copy()
+        arr = self._actions(actions, resetting)
         acts = list(arr)
         n, envs = self.num_envs, self.envs
-        resetting = self._autoreset.copy()
         if resetting.any() and self.autoreset_mode == AutoresetMode.DISABLED:
             raise gym.error.ResetNeeded(
                 f"env {int(np.flatnonzero(resetting)[0])}'s episode ended: reset it "

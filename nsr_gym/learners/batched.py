@@ -69,6 +69,7 @@ class BatchedTorchLearner:
             by member.
     """
 
+    @single_threaded  # it computes the cached activations: in a forked worker, on one thread
     def __init__(self, members: Sequence[TorchLearner]) -> None:
         self.members = list(members)
         first = self.members[0]

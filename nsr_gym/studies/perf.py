@@ -16,6 +16,7 @@ runs them at the command's sizes and writes the report. Sections:
   batch size;
 * :func:`vector_env_throughput`: the batched vector env against ``N`` single envs in a loop;
   :func:`vector_env_step_kinds`: where its time goes (phase starts, inside, phase ends);
+  :func:`sharded_env_throughput`: the batched env divided over several processes;
   :func:`batched_learner_cost`: one batched update and evaluation alone, against ``N``;
 * :func:`reference_speed`: a fixed workload timed before and after, the machine's own speed;
 * :func:`bytes_per_task` and :func:`rank_scaling`: what a bank entry weighs and how step cost
@@ -410,6 +411,61 @@ def vector_env_throughput(benchmark: str = "CyclicSplitDigits",
         row["speedup_wall"] = row["steps_per_s_wall"] / row["loop_steps_per_s_wall"]
         row["reference_us_cpu"] = reference
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def sharded_env_throughput(benchmark: str = "CyclicSplitDigits",
+                           num_envs: Sequence[int] = (16, 64, 256), shards: int = 2,
+                           n_steps: int = 600, repeats: int = 3, switch_p: float = 0.1,
+                           seed: int = 0, device: str = "cpu") -> pd.DataFrame:
+    """The batched env divided over ``shards`` processes against the same ``N`` envs in one.
+
+    For each ``N``: ``gym.make_vec(id, N, shards=shards)`` (:class:`~nsr_gym.envs.sharded.
+    ShardedBatchedEnv`) and ``gym.make_vec(id, N)`` stepped ``n_steps`` times with the
+    streams of :func:`vector_env_throughput`, their repeats interleaved. The figure is the wall
+    clock (the shards run at once); ``cpu_s_per_step_total`` adds the workers' CPU time to this
+    process's, what the steps cost the machine.
+
+    Returns:
+        One row per ``N``: ``steps_per_s_wall`` sharded and in one process
+        (``one_process_steps_per_s_wall``), their ratio ``speedup_wall``, the CPU time of both
+        per batched step, and ``reference_us_cpu`` (:func:`reference_speed` before the row).
+    """
+    import gymnasium as gym
+
+    import nsr_gym
+
+    env_name = nsr_gym.env_id(benchmark)
+    rows = []
+    for n in num_envs:
+        reference = reference_speed()
+        one = gym.make_vec(env_name, num_envs=n, learner={"device": device})
+        split = gym.make_vec(env_name, num_envs=n, shards=shards, learner={"device": device})
+        streams = _vector_streams(one, switch_p, seed)
+
+        def run(vec, streams=streams) -> None:
+            _, info = vec.reset(seed=seed)
+            for t in range(n_steps):
+                info = vec.step(_vector_actions(streams, t, info["action_mask"]))[4]
+
+        run(one), run(split)  # warm-up
+        timings: dict[str, list[tuple[float, float]]] = {"one": [], "split": []}
+        for _ in range(repeats):
+            timings["one"].append(_timed(lambda vec=one: run(vec)))
+            workers = sum(split.worker_cpu_seconds())
+            wall, cpu = _timed(lambda vec=split: run(vec))
+            timings["split"].append((wall, cpu + sum(split.worker_cpu_seconds()) - workers))
+        one.close()
+        split.close()
+        a, b = _medians(timings["one"]), _medians(timings["split"])
+        total = n * n_steps
+        rows.append({"benchmark": benchmark, "num_envs": n, "shards": shards, "device": device,
+                     "steps_per_s_wall": total / b.wall_s,
+                     "one_process_steps_per_s_wall": total / a.wall_s,
+                     "speedup_wall": a.wall_s / b.wall_s,
+                     "cpu_ms_per_step_total": b.cpu_s / n_steps * 1e3,
+                     "one_process_cpu_ms_per_step": a.cpu_s / n_steps * 1e3,
+                     "reference_us_cpu": reference})
     return pd.DataFrame(rows)
 
 

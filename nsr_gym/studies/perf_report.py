@@ -53,14 +53,14 @@ def _settings(quick: bool) -> dict:
                     analytic_steps=400, ranks=(16,), dense_repeats=1, recall_sizes=(10**3, 10**4),
                     recall_768=(10**3,), bytes_ranks=(4,), rank_scaling=(4,), rank_updates=20,
                     task_scaling=(5,), task_steps=200, batch=(1, 100), vector=(1, 4),
-                    vector_steps=20, kinds_envs=4, learner_envs=(1, 4))
+                    vector_steps=20, kinds_envs=4, learner_envs=(1, 4), sharded=(4,))
     return dict(repeats=5, steps={"CyclicSplitDigits": 600, "CyclicSplitDigitsViT": 150},
                 analytic_steps=6000, ranks=(4, 8, 16, 32, 64), dense_repeats=3,
                 recall_sizes=(10**3, 10**4, 10**5, 10**6), recall_768=(10**3, 10**4, 10**5),
                 bytes_ranks=(2, 4, 8, 16), rank_scaling=(2, 4, 8, 16, 32), rank_updates=300,
                 task_scaling=(5, 20, 80), task_steps=3000, batch=(1, 100, 1000, 10000),
                 vector=(1, 4, 16, 64, 256), vector_steps=600, kinds_envs=16,
-                learner_envs=(1, 4, 16, 64))
+                learner_envs=(1, 4, 16, 64), sharded=(16, 64, 256))
 
 
 def _check(name: str, cpu: float, wall: float, lower_is_better: bool = False) -> dict:
@@ -184,6 +184,12 @@ def _perf(out: Path, quick: bool, device: str, threads: int) -> str:
                                        device=device)
     say("batched vector env by kind of step: " + ", ".join(
         f"{r.kind} {r.ms_per_step_cpu:.2f} ms" for r in kinds.itertuples()))
+    sharded = perf.sharded_env_throughput("CyclicSplitDigits", s["sharded"], shards=2,
+                                          n_steps=s["vector_steps"], repeats=s["repeats"],
+                                          device=device)
+    say("sharded batched env (2 processes): " + ", ".join(
+        f"N={r.num_envs} {r.steps_per_s_wall:.0f}/s wall ({r.speedup_wall:.2f}x one process)"
+        for r in sharded.itertuples()))
     learner_cost = perf.batched_learner_cost("CyclicSplitDigits", s["learner_envs"],
                                              repeats=s["repeats"], device=device)
     say("batched learner alone: " + ", ".join(
@@ -212,7 +218,7 @@ def _perf(out: Path, quick: bool, device: str, threads: int) -> str:
                     reference_us_before=speed_before, reference_us_after=perf.reference_speed())
     tables = {"throughput": throughput, "ratios": _ratios(throughput, batched),
               "batched": batched, "vector_env": vector, "vector_env_steps": kinds,
-              "batched_learner": learner_cost,
+              "batched_learner": learner_cost, "sharded_env": sharded,
               "compression": comp, "recall": recall, "bytes_per_task": sizes,
               "rank_scaling": by_rank, "task_scaling": by_tasks,
               "targets": _targets(throughput, comp, recall, vector)}
@@ -282,6 +288,13 @@ def _summary(meta: dict, t: dict[str, pd.DataFrame]) -> str:
         "learners (`nsr_gym.learners.batched.BatchedTorchLearner`, every member on task 0; "
         "CPU time per call; `reference_us_cpu` as above):",
         markdown_table(t["batched_learner"], ".4g"),
+        "The batched env divided over 2 processes (`gym.make_vec(id, N, shards=2)`, "
+        "`nsr_gym.envs.sharded.ShardedBatchedEnv`: one batched env per process, here one per "
+        "core) against the same N envs in one process, the same action streams, repeats "
+        "interleaved. The shards run at once, so the wall clock is the figure; "
+        "`cpu_ms_per_step_total` adds the worker's CPU time to this process's. Equal to the "
+        "unsharded env step for step: `tests/test_sharded_env.py`.",
+        markdown_table(t["sharded_env"], ".4g"),
         "## Compression at d = 768 (truncating a rank-r LoRA to r/2), QR + r x r SVD vs dense SVD",
         markdown_table(comp, ".4g"),
         "## Top-1 recall latency (exact: one matrix-vector product and an argmax; unbatched, "

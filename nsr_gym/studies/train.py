@@ -28,13 +28,16 @@ def check_train_config(cfg: TrainConfig) -> None:
     errors surface before any training.
 
     Raises:
-        ValueError: for an unregistered env id (the message lists the known ones) or env
-            keywords the env rejects.
+        ValueError: for settings :func:`~nsr_gym.agents.train.check_settings` refuses, an
+            unregistered env id (the message lists the known ones) or env keywords the env
+            rejects.
     """
     import gymnasium as gym
 
     import nsr_gym  # noqa: F401 - registers the envs
+    from nsr_gym.agents.train import check_settings
 
+    check_settings(cfg)
     if cfg.env_id.split(":", 1)[-1] not in gym.registry:
         known = ", ".join(sorted(k for k in gym.registry if k.startswith("nsr_gym/")))
         raise ValueError(f"unknown env {cfg.env_id!r}; known: {known}")
