@@ -18,9 +18,10 @@ How each id is made:
   registered ``TimeLimit`` cuts a longer one (``gym.make(id, n_cycles=8)`` runs 1,200 steps).
 * ``gym.make_vec(id, num_envs=N)``: the registered ``vector_entry_point``
   (:data:`VECTOR_ENTRY_POINT`, the batched env: ``N`` learners stepped in one pass; Gymnasium's
-  default mode when one is registered). ``vectorization_mode="sync"`` / ``"async"`` build ``N``
-  single envs instead; ``async`` workers are safe under every start method (``fork`` included,
-  see :mod:`nsr_gym.threads`).
+  default mode when one is registered; ``shards=k`` divides it over ``k`` processes,
+  :class:`~nsr_gym.envs.sharded.ShardedBatchedEnv`). ``vectorization_mode="sync"`` /
+  ``"async"`` build ``N`` single envs instead; ``async`` workers are safe under every start
+  method (``fork`` included, see :mod:`nsr_gym.threads`).
 * ``action_masks()`` (sb3-contrib's convention) is the env's own method. Gymnasium 1.x wrappers do
   not forward attributes, so through ``gym.make``'s wrappers, ``FlattenObservation`` or
   ``Monitor`` it is reached the standard way: ``env.get_wrapper_attr("action_masks")()``, which is
