@@ -121,12 +121,18 @@ def reset_arguments(seed: int | list[int | None] | None, options: dict[str, Any]
     return seeds, mask, options
 
 
-def check_actions(actions: Any, env: AllocationEnv, num_envs: int, resetting: np.ndarray
-                  ) -> np.ndarray:
+def check_actions(actions: Any, env: AllocationEnv, num_envs: int, resetting: np.ndarray,
+                  autoreset_mode: AutoresetMode) -> np.ndarray:
     """``actions`` as an ``(N,)`` (``(N, 2)`` with ``retention="agent"``) array of ``N`` envs
     configured as ``env``, every action checked before any env steps, so that an invalid one
-    raises (naming its env) with no env moved; an env being reset (``resetting``, the
-    ``NEXT_STEP`` autoreset) ignores its action, unchecked."""
+    raises (naming its env) with no env moved. ``resetting``: the envs whose episode ended last
+    step; they ignore their action (``NEXT_STEP``), or must be reset first (``DISABLED``:
+    :class:`gymnasium.error.ResetNeeded`)."""
+    if resetting.any() and autoreset_mode == AutoresetMode.DISABLED:
+        raise gym.error.ResetNeeded(
+            f"env {int(np.flatnonzero(resetting)[0])}'s episode ended: reset it "
+            f"(reset(options={{'reset_mask': mask}})) before stepping with "
+            f"autoreset_mode=DISABLED")
     arr = np.asarray(actions)
     multi = isinstance(env.action_space, gym.spaces.MultiDiscrete)
     want = (num_envs, 2) if multi else (num_envs,)
@@ -136,7 +142,7 @@ def check_actions(actions: Any, env: AllocationEnv, num_envs: int, resetting: np
     high = np.array([env.capacity + 2, env.capacity + 1]) if multi else env.action_space.n
     if arr.dtype.kind in "iu" and ((arr >= 0) & (arr < high)).all():
         return arr  # the common case, in two array operations
-    for i in np.flatnonzero(~np.asarray(resetting, dtype=bool)):  # the env's check says why
+    for i in np.flatnonzero(~resetting):  # the env's own check says why
         try:
             if multi:
                 validation.parse_retention_action(arr[i], env.capacity)
@@ -308,10 +314,6 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
             return self._rows.info["action_mask"].copy()
         return np.stack([e.action_masks() for e in self.envs])
 
-    def _actions(self, actions: Any, resetting: np.ndarray) -> np.ndarray:
-        """One action per env, every one checked before any env steps (:func:`check_actions`)."""
-        return check_actions(actions, self.envs[0], self.num_envs, resetting)
-
     def _out(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         """Fresh copies of the rows (callers may keep or change them) and the info masks."""
         rows, every = self._rows, np.ones(self.num_envs, dtype=bool)
@@ -354,14 +356,9 @@ class BatchedAllocationEnv(gym.vector.VectorEnv):
         if self._rows is None:
             raise gym.error.ResetNeeded("call reset() before step()")
         resetting = self._autoreset.copy()
-        arr = self._actions(actions, resetting)
+        arr = check_actions(actions, self.envs[0], self.num_envs, resetting, self.autoreset_mode)
         acts = list(arr)
         n, envs = self.num_envs, self.envs
-        if resetting.any() and self.autoreset_mode == AutoresetMode.DISABLED:
-            raise gym.error.ResetNeeded(
-                f"env {int(np.flatnonzero(resetting)[0])}'s episode ended: reset it "
-                f"(reset(options={{'reset_mask': mask}})) before stepping with "
-                f"autoreset_mode=DISABLED")
         quiet = self._quiet(arr)
         self._stale = True  # until the step completes: an env that raised leaves no stale rows
         stepping = np.flatnonzero(~resetting).tolist()

@@ -316,13 +316,9 @@ class ShardedBatchedEnv(gym.vector.VectorEnv):
     def step(self, actions: Any) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray,
                                           np.ndarray, dict[str, Any]]:
         """Step every env with its action: the workers' shards and this process's at once."""
-        if self._autoreset.any() and self.autoreset_mode == AutoresetMode.DISABLED:
-            raise gym.error.ResetNeeded(
-                f"env {int(np.flatnonzero(self._autoreset)[0])}'s episode ended: reset it "
-                f"(reset(options={{'reset_mask': mask}})) before stepping with "
-                f"autoreset_mode=DISABLED")
         # checked here, so that an invalid action raises before any shard steps
-        arr = check_actions(actions, self.local.envs[0], self.num_envs, self._autoreset)
+        arr = check_actions(actions, self.local.envs[0], self.num_envs, self._autoreset,
+                            self.autoreset_mode)
         parts = self._split(arr)
         results = self._all([("step", part) for part in parts[1:]],
                             lambda: self.local.step(parts[0]), diverges=True)
